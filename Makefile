@@ -1,0 +1,45 @@
+# Set-up and the two everyday commands. Everything installs into ./.venv; nothing is installed by hand.
+#   make run    install, then run the main job: dde-bench run --suite nlvr2 (synthetic world, tiny models)
+#   make test   install, then run the test suite (what CI runs)
+# On a CUDA machine pick a matching torch build, e.g.  make run TORCH_SPEC="torch==2.13.0" DEVICE=cuda
+
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+DEVICE     ?= auto
+SUITE      ?= nlvr2
+BIN         = $(VENV)/bin
+
+.PHONY: install run test bench browser lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/dde-bench run --suite $(SUITE) --device $(DEVICE)
+
+# The HTML report test needs a headless browser; install Debian's Chromium where we may (root + apt),
+# otherwise that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+	   apt-get install -y -q chromium >/dev/null 2>&1)) || echo "chromium not installed: the browser test will skip"; }
+
+test: install browser
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m pytest -q tests/benchmarks -m benchmark_suite --benchmark-enable --benchmark-autosave
+
+lint: install
+	$(BIN)/ruff check dde_bench tests
+	$(BIN)/ruff format --check dde_bench tests
+
+clean:
+	rm -rf $(VENV) reports/runs reports/cache reports/checkpoints reports/profiles

@@ -1,0 +1,93 @@
+"""The `dde-bench` command line: thin commands over the library API.
+
+Each area of the library owns its commands (dde_bench/<area>/commands.py); this file only wires them
+together and turns user errors into one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dde_bench.errors import UserError
+
+app = typer.Typer(
+    name="dde-bench",
+    help=(
+        "Benchmark, profile and train the DiDE dual-encoder student against its ViLT fusion-encoder teacher.\n\n"
+        "Start with `dde-bench run --suite nlvr2`: on a machine with no data and no checkpoints it builds the "
+        "synthetic world, trains tiny models with a quick recipe, measures them and writes a report."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """List the suites (suites/*.yaml) and model cards (models/*.yaml) this installation knows."""
+    from dde_bench.resources import list_names, model_card, models_dir, suite_card, suites_dir
+
+    t = Table(title=f"suites ({suites_dir()})")
+    for col in ("suite", "task", "data", "models"):
+        t.add_column(col)
+    for name in list_names("suites"):
+        card = suite_card(name)
+        data = card.get("data", {})
+        source = data.get("data_dir") or data.get("source", "synthetic")
+        t.add_row(name, str(card.get("task", name)), str(source), ", ".join(card.get("models", [])))
+    console.print(t)
+    t = Table(title=f"model cards ({models_dir()})")
+    for col in ("model", "kind", "size", "weights", "description"):
+        t.add_column(col)
+    for name in list_names("models"):
+        card = model_card(name)
+        t.add_row(
+            name,
+            str(card.get("kind", "?")),
+            str(card.get("size", "?")),
+            str(card.get("weights", "random")),
+            str(card.get("description", "")),
+        )
+    console.print(t)
+
+
+@app.command("env")
+def env_cmd(
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Show the environment results are recorded with: versions, device, CUDA/driver, CPU model, threads."""
+    import json
+
+    from dde_bench.env import environment, resolve_device
+
+    info = environment(resolve_device(device))
+    if json_out:
+        print(json.dumps(info, indent=2))
+        return
+    t = Table(show_header=False)
+    for k, v in info.items():
+        t.add_row(k, str(v))
+    console.print(t)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
+    try:
+        app()
+    except UserError as e:
+        print(f"dde-bench: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("dde-bench: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Model sizes. One config describes the transformer used by the teacher's joint stack and by each student tower."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from dde_bench.errors import UserError
+
+TASK_NUM_LABELS = {"nlvr2": 2, "snli-ve": 3}  # vqa: size of the answer vocabulary (data dependent)
+
+
+@dataclass(frozen=True)
+class VLConfig:
+    """Sizes of a ViLT-style transformer (fusion encoder or one tower of the dual encoder)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    mlp_size: int = 3072
+    max_text_len: int = 40
+    type_vocab_size: int = 2  # BERT token-type embedding (always type 0 here, kept for checkpoint parity)
+    modality_type_vocab_size: int = 2  # 0 text, 1 image; 3 for NLVR2 (second image uses type 2)
+    image_size: int = 384  # size of the pre-trained position-embedding grid (image_size / patch_size)^2
+    patch_size: int = 32
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
+    qkv_bias: bool = True
+    hidden_act: str = "gelu"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise UserError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.image_size % self.patch_size:
+            raise UserError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+            raise UserError(f"unsupported hidden_act {self.hidden_act!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VLConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def replace(self, **kw) -> VLConfig:
+        return replace(self, **kw)
+
+
+# Named sizes. "b32" is ViLT-B/32 as in the paper; "tiny" trains on 2 CPU cores in minutes.
+SIZES: dict[str, VLConfig] = {
+    "b32": VLConfig(),
+    "tiny": VLConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        mlp_size=256,
+        max_text_len=24,
+        image_size=64,
+        patch_size=16,
+        layer_norm_eps=1e-5,
+    ),
+}
+
+
+def size_config(name: str, **overrides) -> VLConfig:
+    if name not in SIZES:
+        raise UserError(f"unknown model size {name!r}; known sizes: {', '.join(SIZES)}")
+    return SIZES[name].replace(**overrides) if overrides else SIZES[name]
