@@ -1,0 +1,71 @@
+"""The results schema shared by the harness (writer) and the reports, compare and gate (readers).
+
+A run folder holds:
+  run.json        the run's settings and environment (versions, device, driver, CPU, threads, git commit, seed)
+  results.jsonl   one JSON object per measurement, appended as measured (raw latency samples included)
+  results.csv     the same rows without the raw samples, rewritten after every row
+Rows are matched across runs by MATCH_KEYS. Bump SCHEMA_VERSION on any incompatible change.
+"""
+
+SCHEMA_VERSION = 1
+
+# A row is identified (for --resume, compare and reports) by these keys.
+MATCH_KEYS = ("suite", "model", "scenario", "batch_size", "gallery_size", "dtype", "device")
+
+# Columns every row carries (None / "n/a" when not measured). Extra keys are allowed.
+COLUMNS = (
+    "schema_version",
+    "suite",
+    "task",
+    "model",
+    "model_kind",  # teacher | student | hf-vilt
+    "size",  # tiny | b32 | ...
+    "scenario",  # online | cached | gallery
+    "batch_size",  # items per call (for gallery: the number of images one text is scored against)
+    "gallery_size",  # gallery scenario only, else None
+    "dtype",  # fp32 | bf16 | fp16
+    "device",  # cpu | cuda:0 ...
+    "threads",  # torch.get_num_threads() on CPU
+    "status",  # ok | oom | error
+    "error",
+    # accuracy on the suite's evaluation split (official metric), bootstrap 95% interval; None = not measured
+    "accuracy",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "accuracy_metric",  # accuracy | vqa_accuracy
+    "consistency",  # NLVR2 only
+    # latency of one call (batch), milliseconds
+    "latency_p50_ms",
+    "latency_iqr_ms",
+    "latency_p90_ms",
+    "latency_p99_ms",
+    "latency_mean_ms",
+    "n_samples",
+    "throughput_per_s",  # items / total measured time
+    # memory, MB (1e6 bytes)
+    "peak_mem_mb",  # CUDA max_memory_allocated on GPU, peak RSS growth over the pass on CPU
+    "cuda_max_reserved_mb",
+    "nvml_device_used_mb",
+    "nvml_process_mb",
+    "rss_peak_mb",
+    # energy
+    "energy_j_per_item",
+    # compute
+    "flops_per_item",
+    "flop_utilisation",
+    # student rows: speedup over the suite's teacher of the same size, same scenario, batch size and dtype,
+    # measured interleaved in one process; ratio of medians with a bootstrap 95% interval, and its FLOP bound
+    "teacher_model",
+    "speedup_vs_teacher",
+    "speedup_ci_low",
+    "speedup_ci_high",
+    "speedup_flop_bound",
+    # per-stage time of one call, milliseconds (student: image_tower, text_tower, fusion_head; teacher: joint)
+    "stage_ms",
+    # cached / gallery rows: building the image-feature cache
+    "cache_build_s",
+    "cache_bytes_per_image",
+    "timestamp",
+)
+
+RAW_SAMPLES_KEY = "latency_samples_ms"  # in results.jsonl only
