@@ -119,9 +119,10 @@ def test_row_with_another_schema_version(tmp_path: Path) -> None:
 
 def test_non_finite_values_are_written_as_null(tmp_path: Path) -> None:
     w = ResultWriter(tmp_path)
-    w.append(row("teacher", 8, accuracy=float("nan")))
+    w.append(row("teacher", 8, accuracy=float("nan"), per_stage=np.array([1.0, np.inf])))
     _, df, _ = read_run(tmp_path)
     assert df.loc[0, "accuracy"] is None or pd.isna(df.loc[0, "accuracy"])
+    assert df.loc[0, "per_stage"] == [1.0, None]
     assert "NaN" not in (tmp_path / "results.jsonl").read_text()
 
 

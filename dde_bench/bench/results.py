@@ -47,8 +47,10 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, torch.dtype | torch.device | Path):
         return str(value)
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        value = value.item()  # numpy or torch scalar
+    if hasattr(value, "tolist") and hasattr(value, "ndim"):  # numpy / torch arrays and scalars
+        value = value.tolist()
+        if isinstance(value, list):
+            return _plain(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
