@@ -146,3 +146,52 @@ def test_cuda_event_timing_matches_synchronised_wall_time() -> None:
     )
     assert ms["a"].n == ms["b"].n == 20
     assert 0.5 < ms["a"].median_s / ms["b"].median_s < 2.0
+
+
+class _FakeEvent:
+    """Stands in for torch.cuda.Event on a CPU machine: 'records' the host clock."""
+
+    created = 0
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        assert enable_timing
+        _FakeEvent.created += 1
+        self.t: float | None = None
+
+    def record(self, stream: object = None) -> None:
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: _FakeEvent) -> float:
+        assert self.t is not None and end.t is not None
+        return (end.t - self.t) * 1e3  # milliseconds, like CUDA
+
+
+def test_cuda_event_bookkeeping_with_fake_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path's event handling (pairs, interleaving, one synchronize) checked without a GPU."""
+    import contextlib
+
+    syncs: list[object] = []
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    log: list[str] = []
+
+    def slow() -> None:
+        log.append("slow")
+        time.sleep(0.003)
+
+    def fast() -> None:
+        log.append("fast")
+        time.sleep(0.001)
+
+    ms = measure_interleaved(
+        {"slow": slow, "fast": fast}, device="cuda:0", warmup_iters=1, warmup_s=0, min_iters=70, min_time_s=0
+    )
+    assert log == ["slow", "fast"] * 71
+    assert ms["slow"].timer == "cuda_event" and ms["slow"].n == ms["fast"].n == 70
+    assert np.all(ms["slow"].samples_s >= 0.003) and np.all(ms["fast"].samples_s >= 0.001)
+    assert len(syncs) == 2  # one after warm-up, one at read-out: none inside the measured loop
+    assert _FakeEvent.created >= 2 * 70 * 2  # the pool grew past its first block of 64 rounds
+    m = measure(fast, device="cuda:0", warmup_iters=0, warmup_s=0, min_iters=5, min_time_s=0)
+    assert m.n == 5 and m.timer == "cuda_event" and m.wall_s is not None and m.wall_s >= m.total_s
