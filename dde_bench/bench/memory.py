@@ -7,7 +7,8 @@ memory and this process's usage (matched by pid), read after the pass.
 CPU (and host memory on CUDA): the peak resident set size during the pass. ``resource.getrusage``'s
 ``ru_maxrss`` is the *lifetime* peak of the process, so it cannot say what one pass used once anything
 bigger ran before; instead a background thread samples ``/proc/self/statm`` about every millisecond from
-entry to exit. A spike shorter than the sampling interval can be missed; the result is the peak growth
+entry to exit. A spike shorter than the sampling interval can be missed (and while the pass runs pure
+Python without releasing the GIL, samples come every ~5 ms switch interval); the result is the peak growth
 over the resident size at entry. Where ``/proc`` is missing (macOS), only the lifetime ``ru_maxrss`` is
 reported and the growth reads None.
 
