@@ -45,6 +45,9 @@ def validate_cmd(
     suite: str = typer.Option(..., help="nlvr2, vqa or snli-ve"),
     data_dir: Path = typer.Option(..., "--data-dir", help="folder in the dataset's original layout"),
     decode: bool = typer.Option(False, help="also decode every image (slower)"),
+    answer_min_count: int = typer.Option(
+        9, help="VQA: answers kept in the vocabulary need this many questions"
+    ),
 ) -> None:
     """Read every split of a data folder; print examples and images per split; one-line error if anything is off."""
     if suite not in SPLITS:
@@ -53,7 +56,7 @@ def validate_cmd(
         raise UserError(f"{data_dir}: no such data folder")
     found = 0
     for split in SPLITS[suite]:
-        exs = load_split(suite, data_dir, split)
+        exs = load_split(suite, data_dir, split, answer_min_count=answer_min_count)
         n_img = check_images(exs, decode=decode)
         labelled = sum(e.label is not None or e.answers is not None for e in exs)
         typer.echo(f"{suite} {split}: {len(exs)} examples ({labelled} labelled), {n_img} images found")

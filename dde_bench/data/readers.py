@@ -110,7 +110,7 @@ def safe_join(root: Path, rel: str | Path, where: str) -> Path:
     root_r = root.resolve()
     p = (root / rel).resolve()
     if p != root_r and root_r not in p.parents:
-        raise UserError(f"{where}: image path {str(rel)!r} escapes the data folder {root}")
+        raise UserError(f"{where}: image path {str(rel)!r} escapes the data folder ({root})")
     return root / rel
 
 
@@ -169,7 +169,7 @@ def read_nlvr2(data_dir: Path, split: str) -> list[Example]:
         names = (f"{prefix}-img0.png", f"{prefix}-img1.png")
         if split == "train":
             directory = str(_field(obj, "directory", where))
-            folders = [safe_join(data_dir, Path("images") / "train" / directory, where)]
+            folders = [safe_join(data_dir / "images" / "train", directory, where)]
         else:
             folders = [data_dir / split, data_dir / "images" / split]
         paths = tuple(
