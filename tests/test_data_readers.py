@@ -71,6 +71,7 @@ def _mk(p: Path) -> Path:
 
 
 def make_snli(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
     for split in ("train", "dev", "test"):
         rows = [
             {"Flickr30K_ID": "1000092795", "sentence1": "Two men.", "sentence2": "Two people outside.",

@@ -41,6 +41,11 @@ class ImageProcessor:
     longer: int = 640
     patch: int = 32
 
+    @classmethod
+    def vilt(cls, shorter: int = 384, patch: int = 32) -> ImageProcessor:
+        """Exactly ViLT's / ViltImageProcessor's sizes: longer side capped at int(1333 / 800 * shorter) (639)."""
+        return cls(shorter, int(1333 / 800 * shorter), patch)
+
     def load_uint8(self, path: Path | str) -> torch.Tensor:
         """Decode, convert to RGB and resize one image: uint8 tensor (3, H, W), H and W multiples of ``patch``."""
         try:

@@ -26,19 +26,33 @@ def train_wordpiece(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    texts = list(texts)
+    path = out_dir / "vocab.txt"
+    # Small closed vocabularies (the synthetic world): every word whole, plus each character alone and as a
+    # ##continuation. A valid WordPiece vocabulary, and unlike the trainer's output (whose tie-breaking is not
+    # stable across runs) byte-identical for the same text.
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    norm, pre = BertNormalizer(lowercase=True, strip_accents=True, clean_text=True), BertPreTokenizer()
+    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t))})
+    chars = sorted({ch for w in words for ch in w})
+    closed = SPECIAL_TOKENS + chars + ["##" + c for c in chars] + [w for w in words if len(w) > 1]
+    if len(closed) <= vocab_size:
+        path.write_text("\n".join(closed) + "\n", encoding="utf-8")
+        return path
     tok = BertWordPieceTokenizer(lowercase=True, strip_accents=True, clean_text=True)
     tok.train_from_iterator(
-        list(texts),
+        texts,
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=SPECIAL_TOKENS,
         show_progress=False,
     )
+    # The trainer's order of equal-frequency tokens is not stable across runs; ids do not need it, so write the
+    # special tokens first and the rest sorted, which makes vocab.txt byte-identical for the same text.
     vocab = tok.get_vocab()
-    ordered = sorted(vocab, key=vocab.__getitem__)
-    if ordered[0] != "[PAD]":
-        raise RuntimeError("WordPiece training did not put [PAD] at id 0")
-    path = out_dir / "vocab.txt"
+    ordered = SPECIAL_TOKENS + sorted(t for t in vocab if t not in SPECIAL_TOKENS)
     path.write_text("\n".join(ordered) + "\n", encoding="utf-8")
     return path
 
