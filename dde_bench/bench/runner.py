@@ -1,0 +1,701 @@
+"""The benchmark harness: `dde-bench run` measures every model of a suite in every scenario.
+
+For each (model, scenario, batch size, dtype) it writes one row (see schema.py) as soon as it is measured:
+accuracy on the suite's evaluation split (official metric, bootstrap 95% interval), latency statistics from
+raw samples, throughput, peak memory (own pass), energy (NVIDIA only), FLOPs per item, and for students and
+the transformers reference row the speedup over the teacher of the same size measured interleaved in one
+process, with its bootstrap interval and its FLOP bound.
+
+Scenarios:
+  online   every call brings raw images and text; the student runs both towers.
+  cached   image features were computed once; the student runs the text tower, fusion MLP and head.
+           The teacher cannot cache: its row runs the full model (the baseline the student is compared with).
+  gallery  one text scored against N cached images (N swept); the teacher runs N joint passes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dde_bench.bench import timing
+from dde_bench.bench.energy import EnergyMeter
+from dde_bench.bench.flops import count_flops, model_flop_utilisation
+from dde_bench.bench.guard import is_oom, free_memory
+from dde_bench.bench.memory import MemoryTracker
+from dde_bench.bench.results import ResultWriter, match_key
+from dde_bench.bench.stats import mean_ci, speedup
+from dde_bench.env import resolve_device
+from dde_bench.errors import UserError
+from dde_bench.modeling import Student, Teacher, size_config
+from dde_bench.modeling.hf import teacher_to_hf
+from dde_bench.resources import REPO_ROOT, model_card, suite_card
+
+SCENARIOS = ("online", "cached", "gallery")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PAPER_TEXT_LEN = 40  # speed-only (random-weight) models get inputs of paper shape: 40 tokens, 384x384 images
+PAPER_IMAGE = 384
+
+
+@dataclass
+class RunConfig:
+    """Settings of one `dde-bench run` (all recorded in run.json)."""
+
+    suite: str
+    device: str = "auto"
+    models: list[str] | None = None  # model card names; default: the suite's list
+    scenarios: list[str] | None = None
+    batch_sizes: list[int] | None = None
+    dtypes: list[str] | None = None
+    gallery_sizes: list[int] | None = None
+    out: Path | None = None
+    quick: bool = False
+    resume: bool = False
+    threads: int | None = None
+    seed: int = 0
+    cache_root: Path = field(default_factory=lambda: REPO_ROOT / "reports" / "cache")
+    report: bool = True
+    # timing rule (defaults depend on --quick)
+    min_iters: int | None = None
+    min_time_s: float | None = None
+
+
+@dataclass
+class Entry:
+    """One model of the run."""
+
+    name: str
+    kind: str  # teacher | student | hf-vilt
+    size: str
+    model: Any
+    teacher: str | None = None  # the teacher this row's speedup is measured against
+    trained: bool = False  # accuracy is measurable (trained or loaded weights); random weights -> n/a
+    batch_sizes: list[int] | None = None
+    paper_inputs: bool = False  # random inputs of paper shape instead of suite data (speed-only models)
+    note: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+class Suite:
+    """The suite's data: evaluation examples, tokenizer and image processor, batched on demand."""
+
+    def __init__(self, card: dict, cfg: RunConfig, console: Console):
+        from dde_bench.data import SPLITS, TaskDataset, ensure_data, load_split, load_tokenizer
+        from dde_bench.data.images import ImageProcessor
+
+        self.card = card
+        self.task = card.get("task", card["name"])
+        console.print(f"[bold]data[/]: preparing {card['name']} ({(card.get('data') or {}).get('source', 'synthetic')})")
+        self.data_dir = ensure_data(card, Path(cfg.cache_root), progress=True)
+        split = card.get("eval_split") or SPLITS[self.task][1]
+        vocab = self.data_dir / "vocab.txt"
+        if not vocab.exists():
+            raise UserError(f"{self.data_dir}: no vocab.txt (tiny models need the suite's WordPiece vocabulary)")
+        self.tokenizer = load_tokenizer(self.data_dir)
+        opts = {}
+        self.answer_vocab = None
+        if self.task == "vqa":
+            from dde_bench.data import build_vqa_answer_vocab
+
+            self.answer_vocab = build_vqa_answer_vocab(
+                self.data_dir, min_count=int((card.get("data") or {}).get("answer_min_count", 9))
+            )
+            opts["answer_vocab"] = self.answer_vocab
+        self.split = split
+        self.examples = load_split(self.task, self.data_dir, split, **opts)
+        tiny = size_config("tiny")
+        img = int((card.get("data") or {}).get("image_size", tiny.image_size))
+        self.processor = ImageProcessor(img, img, tiny.patch_size)
+        self.dataset = TaskDataset(
+            self.task,
+            self.examples,
+            self.tokenizer,
+            self.processor,
+            max_len=tiny.max_text_len,
+            num_answers=len(self.answer_vocab) if self.answer_vocab else None,
+        )
+
+    @property
+    def num_labels(self) -> int | None:
+        return len(self.answer_vocab) if self.answer_vocab is not None else None
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+
+def _card_batch_sizes(card: dict) -> list[int] | None:
+    bs = card.get("batch_sizes")
+    return [int(b) for b in bs] if bs else None
+
+
+def build_entries(suite: Suite, names: list[str], cfg: RunConfig, device: torch.device, console: Console) -> list[Entry]:
+    """Instantiate every model of the run: trained tiny models, checkpoints, random paper-size models, and
+    transformers reference rows carrying another model's weights."""
+    cards = {n: model_card(n) for n in names}
+    entries: dict[str, Entry] = {}
+    torch.manual_seed(cfg.seed)
+    for name in sorted(names, key=lambda n: cards[n].get("kind") == "hf-vilt"):  # references last
+        card = cards[name]
+        kind = card.get("kind")
+        size = str(card.get("size", "tiny"))
+        if kind not in ("teacher", "student", "hf-vilt"):
+            raise UserError(f"model card {name!r}: unknown kind {kind!r} (teacher, student or hf-vilt)")
+        if kind == "hf-vilt":
+            src = card.get("same_weights_as")
+            if src not in entries:
+                raise UserError(f"model card {name!r}: same_weights_as {src!r} must be a teacher in the same run")
+            base = entries[src]
+            hf = teacher_to_hf(base.model)
+            entries[name] = Entry(name, kind, size, hf, teacher=src, trained=base.trained,
+                                  batch_sizes=base.batch_sizes, paper_inputs=base.paper_inputs,
+                                  note=f"transformers {type(hf).__name__} with {src}'s weights")
+            continue
+        weights = str(card.get("weights", "random"))
+        model, trained, note = _load_or_build(suite, card, kind, size, weights, cfg, device, console)
+        entries[name] = Entry(name, kind, size, model, trained=trained, batch_sizes=_card_batch_sizes(card),
+                              paper_inputs=(weights == "random" and size != "tiny"), note=note)
+    # each student / reference is compared with the teacher of its size (or the one its card names)
+    teachers = {e.size: e.name for e in entries.values() if e.kind == "teacher"}
+    for e in entries.values():
+        if e.kind == "student":
+            named = cards[e.name].get("teacher")
+            e.teacher = named if named in entries else teachers.get(e.size)
+    for e in entries.values():
+        e.model = e.model.to(device).eval()
+    return [entries[n] for n in names]
+
+
+def _load_or_build(suite: Suite, card: dict, kind: str, size: str, weights: str, cfg: RunConfig,
+                   device: torch.device, console: Console):
+    from dde_bench.modeling.checkpoint import load_student, load_teacher
+
+    cls = Teacher if kind == "teacher" else Student
+    if weights == "random":
+        vl = size_config(size, vocab_size=suite.vocab_size) if size == "tiny" else size_config(size)
+        num_labels = suite.num_labels if suite.task == "vqa" else None
+        if suite.task == "vqa" and size != "tiny":
+            num_labels = 3129  # the real answer vocabulary's size: speed-only models match the paper's head
+        return cls(vl, suite.task, num_labels), False, "random weights: speed only, accuracy n/a"
+    if weights == "trained":
+        from dde_bench.training import ensure_trained
+
+        path = ensure_trained(suite.card, card, Path(cfg.cache_root), device=str(device), progress=True,
+                              quick=cfg.quick)
+        note = f"trained with the {'quick ' if cfg.quick else ''}recipe ({path})"
+    else:
+        path = Path(weights).expanduser()
+        note = f"loaded from {path}"
+    model = load_teacher(path, task=suite.task) if kind == "teacher" else load_student(path)
+    if model.task != suite.task:
+        raise UserError(f"{path}: a {model.task} model cannot be measured on suite {suite.card['name']}")
+    return model, True, note
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def _inputs(entry: Entry, suite: Suite, batch: int, device, dtype, seed: int) -> dict:
+    """One batch of inputs: the suite's evaluation examples, or random inputs of paper shape."""
+    n_img = 2 if suite.task == "nlvr2" else 1
+    if entry.paper_inputs:
+        g = torch.Generator().manual_seed(seed)
+        cfg = entry.model.config if hasattr(entry.model, "config") else None
+        vocab = getattr(cfg, "vocab_size", 30522)
+        ids = torch.randint(1000, min(vocab, 30000), (batch, PAPER_TEXT_LEN), generator=g)
+        ids[:, 0] = 101
+        am = torch.ones(batch, PAPER_TEXT_LEN, dtype=torch.long)
+        shape = (batch, n_img, 3, PAPER_IMAGE, PAPER_IMAGE) if n_img == 2 else (batch, 3, PAPER_IMAGE, PAPER_IMAGE)
+        pv = torch.randn(shape, generator=g)
+        pm = torch.ones(shape[:-3] + shape[-2:], dtype=torch.long)
+    else:
+        idx = torch.arange(batch) % len(suite.dataset)
+        b = suite.dataset.batch(idx)
+        ids, am, pv, pm = b["input_ids"], b["attention_mask"], b["pixel_values"], b["pixel_mask"]
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": am.to(device),
+        "pixel_values": pv.to(device=device, dtype=dtype),
+        "pixel_mask": pm.to(device),
+    }
+
+
+def _call_full(entry: Entry, x: dict):
+    if entry.kind == "hf-vilt":
+        return lambda: entry.model(**x).logits
+    return lambda: entry.model(x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_mask"])
+
+
+def scenario_call(entry: Entry, scenario: str, x: dict):
+    """The callable measured for (entry, scenario) on inputs x. Students in `cached` run against features
+    computed here once, outside the timed call."""
+    if entry.kind != "student" or scenario == "online":
+        return _call_full(entry, x)
+    feats = entry.model.encode_images(x["pixel_values"], x["pixel_mask"])
+    return lambda: entry.model.forward_cached(x["input_ids"], x["attention_mask"], feats)
+
+
+# ---------------------------------------------------------------------------------------- accuracy
+@torch.inference_mode()
+def evaluate(entry: Entry, suite: Suite, device, dtype, batch_size: int = 64) -> dict:
+    """Official metric on the suite's evaluation split with a bootstrap 95% interval (None = not measured)."""
+    from dde_bench import metrics
+
+    if not entry.trained:
+        return {"accuracy": None, "accuracy_ci_low": None, "accuracy_ci_high": None, "accuracy_metric": None}
+    preds, ids = [], []
+    for b in suite.dataset.batches(batch_size):
+        x = {
+            "input_ids": b["input_ids"].to(device),
+            "attention_mask": b["attention_mask"].to(device),
+            "pixel_values": b["pixel_values"].to(device=device, dtype=dtype),
+            "pixel_mask": b["pixel_mask"].to(device),
+        }
+        preds.append(_call_full(entry, x)().float().argmax(-1).cpu())
+        ids.extend(b["ids"])
+    pred = torch.cat(preds).tolist()
+    out: dict[str, Any] = {}
+    if suite.task == "vqa":
+        vocab = suite.answer_vocab
+        scores = [metrics.vqa_accuracy(vocab[p], e.answers or []) for p, e in zip(pred, suite.examples, strict=True)]
+        out["accuracy_metric"] = "vqa_accuracy"
+        out["_predictions"] = [(e.meta.get("question_id", e.id), vocab[p]) for p, e in zip(pred, suite.examples, strict=True)]
+    else:
+        labels = [e.label for e in suite.examples]
+        scores = [float(p == y) for p, y in zip(pred, labels, strict=True)]
+        out["accuracy_metric"] = "accuracy"
+        if suite.task == "nlvr2":
+            out["consistency"] = metrics.nlvr2_metrics(ids, pred, labels)["consistency"]
+            out["_predictions"] = list(zip(ids, pred, strict=True))
+    est = mean_ci(scores, seed=0)
+    out.update(accuracy=est.mean, accuracy_ci_low=est.ci_low, accuracy_ci_high=est.ci_high)
+    return out
+
+
+def _write_predictions(run_dir: Path, entry: Entry, suite: Suite, acc: dict) -> None:
+    from dde_bench import metrics
+
+    preds = acc.pop("_predictions", None)
+    if not preds:
+        return
+    d = run_dir / "predictions"
+    d.mkdir(exist_ok=True)
+    if suite.task == "vqa":
+        metrics.write_vqa_predictions(d / f"{entry.name}.json", preds)
+    elif suite.task == "nlvr2":
+        metrics.write_nlvr2_predictions(d / f"{entry.name}.csv", preds)
+
+
+# ------------------------------------------------------------------------------------------ the run
+class Runner:
+    def __init__(self, cfg: RunConfig, console: Console | None = None):
+        self.cfg = cfg
+        self.console = console or Console()
+        self.card = suite_card(cfg.suite)
+        self.device = resolve_device(cfg.device)
+        self.scenarios = cfg.scenarios or list(self.card.get("scenarios", SCENARIOS))
+        for s in self.scenarios:
+            if s not in SCENARIOS:
+                raise UserError(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
+        self.dtypes = cfg.dtypes or list(self.card.get("dtypes", ["fp32"]))
+        for d in self.dtypes:
+            if d not in DTYPES:
+                raise UserError(f"unknown dtype {d!r}; known: {', '.join(DTYPES)}")
+            if d == "fp16" and self.device.type == "cpu":
+                raise UserError("fp16 is a CUDA dtype here; on CPU use fp32 or bf16")
+        quick = cfg.quick
+        self.batch_sizes = cfg.batch_sizes or ([1, 8] if quick else list(self.card.get("batch_sizes", [1, 8, 32])))
+        default_gallery = [10, 100, 1000, 10000] if quick else [10, 100, 1000, 10000, 100000]
+        self.gallery_sizes = cfg.gallery_sizes or list(self.card.get("gallery_sizes", default_gallery))
+        self.teacher_gallery_max = int(self.card.get("teacher_gallery_max", 100 if quick else 1000))
+        self.rule = {
+            "min_iters": cfg.min_iters or (5 if quick else 10),
+            "min_time_s": cfg.min_time_s if cfg.min_time_s is not None else (0.3 if quick else 1.0),
+            "warmup_iters": 2 if quick else 3,
+            "warmup_s": 0.05 if quick else 0.2,
+            "max_time_s": 60.0,
+        }
+        names = cfg.models or list(self.card.get("models", []))
+        if quick and cfg.models is None:
+            names = [n for n in names if str(model_card(n).get("size", "tiny")) == "tiny"]
+        if not names:
+            raise UserError(f"suite {cfg.suite!r} names no models (and none were given with --models)")
+        for n in names:
+            model_card(n)  # unknown model: one clear line before any work starts
+        self.names = names
+        threads = cfg.threads or (os.cpu_count() or 1)
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.run_dir = Path(cfg.out) if cfg.out else REPO_ROOT / "reports" / "runs" / f"{cfg.suite}-{self.device.type}-{stamp}"
+
+    # -- rows ---------------------------------------------------------------------------------------
+    def _base_row(self, e: Entry, scenario: str, batch: int, dtype: str, gallery: int | None = None) -> dict:
+        return {
+            "suite": self.cfg.suite,
+            "task": self.suite.task,
+            "model": e.name,
+            "model_kind": e.kind,
+            "size": e.size,
+            "scenario": scenario,
+            "batch_size": batch,
+            "gallery_size": gallery,
+            "dtype": dtype,
+            "device": str(self.device),
+            "threads": self.threads,
+            "teacher_model": e.teacher,
+            "note": e.note,
+            **self.accuracy.get(e.name, {}),
+        }
+
+    def _done(self, e: Entry, scenario: str, batch: int, dtype: str, gallery: int | None = None) -> bool:
+        key = match_key({"suite": self.cfg.suite, "model": e.name, "scenario": scenario, "batch_size": batch,
+                         "gallery_size": gallery, "dtype": dtype, "device": str(self.device)})
+        return key in self.done
+
+    def run(self) -> Path:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.suite = Suite(self.card, cfg, self.console)
+        entries = build_entries(self.suite, self.names, cfg, self.device, self.console)
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+        settings.update(scenarios=self.scenarios, dtypes=self.dtypes, batch_sizes=self.batch_sizes,
+                        gallery_sizes=self.gallery_sizes, models=self.names, timing_rule=self.rule,
+                        data_dir=str(self.suite.data_dir), eval_split=self.suite.split)
+        self.writer = ResultWriter(self.run_dir, settings, device=self.device, resume=cfg.resume)
+        self.done = self.writer.done_keys()
+        self.console.print(f"[bold]run folder[/]: {self.run_dir}")
+        _point_latest(self.run_dir, cfg.suite)
+        for dtype_name in self.dtypes:
+            dtype = DTYPES[dtype_name]
+            models = {e.name: e for e in entries}
+            if dtype != torch.float32:
+                models = {n: _cast(e, dtype) for n, e in models.items()}
+            self.accuracy = {}
+            self._accuracy(list(models.values()), dtype_name, dtype)
+            with _progress(self.console) as progress:
+                for scenario in self.scenarios:
+                    if scenario == "gallery":
+                        self._gallery(list(models.values()), dtype_name, dtype, progress)
+                    else:
+                        self._scenario(list(models.values()), scenario, dtype_name, dtype, progress)
+        self.console.print(f"measured in {time.perf_counter() - t0:.0f} s")
+        print_summary(self.writer.rows, self.console)
+        if cfg.report:
+            self._report()
+        return self.run_dir
+
+    def _accuracy(self, entries: list[Entry], dtype_name: str, dtype) -> None:
+        for e in entries:
+            if e.trained:
+                self.console.print(f"[bold]accuracy[/]: {e.name} on {self.suite.split} ({len(self.suite.examples)} examples)")
+            acc = evaluate(e, self.suite, self.device, dtype)
+            _write_predictions(self.run_dir, e, self.suite, acc)
+            self.accuracy[e.name] = acc
+
+    # -- online / cached -------------------------------------------------------------------------------
+    def _groups(self, entries: list[Entry], scenario: str):
+        """Teachers with the rows compared against them: measured together, interleaved."""
+        for t in [e for e in entries if e.kind == "teacher"]:
+            members = [t] + [e for e in entries if e.teacher == t.name and (e.kind == "student" or scenario == "online")]
+            sizes = t.batch_sizes or self.batch_sizes
+            yield t, members, sizes
+        for e in entries:  # students without a teacher in this run are measured alone
+            if e.kind == "student" and e.teacher is None:
+                yield None, [e], e.batch_sizes or self.batch_sizes
+
+    def _scenario(self, entries: list[Entry], scenario: str, dtype_name: str, dtype, progress) -> None:
+        for teacher, members, sizes in self._groups(entries, scenario):
+            for batch in sizes:
+                todo = [e for e in members if not self._done(e, scenario, batch, dtype_name)]
+                if not todo:
+                    continue
+                label = f"{scenario} b={batch} {dtype_name}: " + ", ".join(e.name for e in members)
+                task = progress.add_task(label, total=None)
+                try:
+                    rows = self._measure_group(members, scenario, batch, dtype_name, dtype)
+                except Exception as exc:  # noqa: BLE001 - recorded per row, the sweep goes on
+                    if not is_oom(exc) and not isinstance(exc, RuntimeError):
+                        raise
+                    free_memory()
+                    status = "oom" if is_oom(exc) else "error"
+                    rows = [dict(self._base_row(e, scenario, batch, dtype_name), status=status,
+                                 error=str(exc).splitlines()[0][:300]) for e in members]
+                    rows = [(r, None) for r in rows]
+                for row, samples in rows:
+                    if not self._done_row(row):
+                        self.writer.append(row, samples)
+                progress.remove_task(task)
+
+    def _done_row(self, row: dict) -> bool:
+        return match_key(row) in self.done
+
+    @torch.inference_mode()
+    def _measure_group(self, members: list[Entry], scenario: str, batch: int, dtype_name: str, dtype):
+        seed = self.cfg.seed
+        x = {e.name: _inputs(e, self.suite, batch, self.device, dtype, seed) for e in members}
+        fns = {e.name: scenario_call(e, scenario, x[e.name]) for e in members}
+        meas = timing.measure_interleaved(fns, device=self.device, items_per_call=batch, **self.rule)
+        flops = {n: count_flops(fn) / batch for n, fn in fns.items()}
+        out = []
+        teacher = members[0] if members[0].kind == "teacher" else None
+        for e in members:
+            m = meas[e.name]
+            row = self._base_row(e, scenario, batch, dtype_name)
+            row.update(m.to_row())
+            row.update(status="ok", flops_per_item=flops[e.name],
+                       flop_utilisation=model_flop_utilisation(flops[e.name], m.throughput_per_s, self.device, dtype))
+            row.update(self._memory_energy(fns[e.name], batch))
+            row["stage_ms"] = self._stages(e, x[e.name], scenario, m)
+            if teacher is not None and e is not teacher:
+                s = speedup(meas[teacher.name].samples_s, m.samples_s, seed=seed)
+                row.update(speedup_vs_teacher=s.ratio, speedup_ci_low=s.ci_low, speedup_ci_high=s.ci_high,
+                           speedup_flop_bound=flops[teacher.name] / flops[e.name] if flops[e.name] else None)
+            if e.kind == "student" and scenario == "cached":
+                row.update(self._cache_cost(e, dtype))
+            out.append((row, m.samples_ms))
+        return out
+
+    def _memory_energy(self, fn, batch: int) -> dict:
+        with MemoryTracker(self.device) as mem:
+            fn()
+        row = mem.report.to_row()
+        meter = EnergyMeter(self.device)
+        if self.device.type == "cuda":
+            m = timing.measure(fn, device=self.device, items_per_call=batch, warmup_iters=1, min_iters=5,
+                               min_time_s=1.0, window=meter)
+            row["energy_j_per_item"] = meter.report.per_item(m.items)
+        else:
+            with meter:
+                pass
+            row["energy_j_per_item"] = None
+        row["energy_note"] = meter.report.reason or meter.report.note
+        return row
+
+    def _stages(self, e: Entry, x: dict, scenario: str, whole: timing.Measurement) -> dict:
+        """Median time of each stage of one call, measured stage by stage (milliseconds)."""
+        if e.kind != "student":
+            return {"joint": whole.median_s * 1e3}
+        m = e.model
+        rule = dict(warmup_iters=1, warmup_s=0.0, min_iters=5, min_time_s=0.1, max_time_s=10.0)
+        text = m.encode_text(x["input_ids"], x["attention_mask"])
+        img = m.encode_images(x["pixel_values"], x["pixel_mask"])
+        stages = {
+            "text_tower": lambda: m.encode_text(x["input_ids"], x["attention_mask"]),
+            "fusion_head": lambda: m.score(text, img),
+        }
+        if scenario == "online":
+            stages = {"image_tower": lambda: m.encode_images(x["pixel_values"], x["pixel_mask"]), **stages}
+        res = timing.measure_interleaved(stages, device=self.device, **rule)
+        return {k: v.median_s * 1e3 for k, v in res.items()}
+
+    def _cache_cost(self, e: Entry, dtype) -> dict:
+        """Build the image-feature cache for the whole evaluation split once: time and bytes per image."""
+        key = (e.name, str(dtype))
+        if key not in self._cache_costs:
+            n_img = 2 if self.suite.task == "nlvr2" else 1
+            t0 = time.perf_counter()
+            feats = []
+            if e.paper_inputs:
+                n_items = 64
+                for start in range(0, n_items, 8):
+                    x = _inputs(e, self.suite, 8, self.device, dtype, start)
+                    feats.append(e.model.encode_images(x["pixel_values"], x["pixel_mask"]))
+            else:
+                n_items = len(self.suite.dataset)
+                for b in self.suite.dataset.batches(64):
+                    feats.append(e.model.encode_images(b["pixel_values"].to(self.device, dtype), b["pixel_mask"].to(self.device)))
+            _sync(self.device)
+            build = time.perf_counter() - t0
+            f = torch.cat(feats)
+            self._cache_costs[key] = {
+                "cache_build_s": build,
+                "cache_images": n_items * n_img,
+                "cache_build_ms_per_image": build * 1e3 / (n_items * n_img),
+                "cache_bytes_per_image": f.element_size() * f.shape[-1],
+            }
+        return self._cache_costs[key]
+
+    _cache_costs: dict = {}
+
+    # -- gallery ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _gallery(self, entries: list[Entry], dtype_name: str, dtype, progress) -> None:
+        """One text against N cached images: the student's fusion over N features vs N teacher passes."""
+        self._cache_costs = {}
+        for teacher, members, _ in self._groups(entries, "gallery"):
+            students = [e for e in members if e.kind == "student"]
+            if not students:
+                continue
+            for n in self.gallery_sizes:
+                todo = [e for e in members if not self._done(e, "gallery", n, dtype_name, n)]
+                if not todo:
+                    continue
+                task = progress.add_task(f"gallery N={n} {dtype_name}: " + ", ".join(e.name for e in members), total=None)
+                fns, flops, skipped = {}, {}, {}
+                for e in members:
+                    fn = self._gallery_call(e, n, dtype)
+                    if fn is None:
+                        skipped[e.name] = (f"not measured: {n} teacher passes exceed teacher_gallery_max="
+                                           f"{self.teacher_gallery_max} (one query would take minutes)")
+                        continue
+                    fns[e.name] = fn
+                rule = dict(self.rule, min_iters=3, min_time_s=min(self.rule["min_time_s"], 0.5))
+                try:
+                    meas = timing.measure_interleaved(fns, device=self.device, items_per_call=n, **rule)
+                except Exception as exc:  # noqa: BLE001
+                    if not is_oom(exc):
+                        raise
+                    free_memory()
+                    for e in members:
+                        self.writer.append(dict(self._base_row(e, "gallery", n, dtype_name, n), status="oom",
+                                                error=str(exc).splitlines()[0][:300]))
+                    progress.remove_task(task)
+                    continue
+                for name, fn in fns.items():
+                    flops[name] = count_flops(fn) / n if n <= 1000 else None
+                for e in members:
+                    row = self._base_row(e, "gallery", n, dtype_name, n)
+                    if e.name in skipped:
+                        row.update(status="skipped", error=skipped[e.name])
+                        self.writer.append(row)
+                        continue
+                    m = meas[e.name]
+                    row.update(m.to_row(), status="ok", flops_per_item=flops[e.name])
+                    if e.kind == "student":
+                        row.update(self._cache_cost(e, dtype))
+                        if teacher is not None and teacher.name in meas:
+                            tm = meas[teacher.name]
+                            s = speedup(tm.samples_s, m.samples_s, seed=self.cfg.seed)
+                            row.update(speedup_vs_teacher=s.ratio, speedup_ci_low=s.ci_low, speedup_ci_high=s.ci_high)
+                            if flops.get(teacher.name) and flops[e.name]:
+                                row["speedup_flop_bound"] = flops[teacher.name] / flops[e.name]
+                            row["break_even_queries"] = _break_even(row, tm.median_s, m.median_s, n)
+                    self.writer.append(row, m.samples_ms)
+                progress.remove_task(task)
+
+    def _gallery_call(self, e: Entry, n: int, dtype):
+        if e.kind == "hf-vilt":
+            return None if n > self.teacher_gallery_max else self._teacher_gallery(e, n, dtype)
+        if e.kind == "teacher":
+            return None if n > self.teacher_gallery_max else self._teacher_gallery(e, n, dtype)
+        # student: features of the evaluation images, repeated to N gallery items
+        x = _inputs(e, self.suite, min(n, 64), self.device, dtype, self.cfg.seed)
+        base = e.model.encode_images(x["pixel_values"], x["pixel_mask"])
+        reps = math.ceil(n / base.shape[0])
+        feats = base.repeat((reps,) + (1,) * (base.ndim - 1))[:n].contiguous()
+        ids, am = x["input_ids"][:1], x["attention_mask"][:1]
+        chunk = 16384
+
+        def call():
+            t = e.model.encode_text(ids, am)
+            out = []
+            for s in range(0, n, chunk):
+                f = feats[s : s + chunk]
+                out.append(e.model.score(t.expand(f.shape[0], -1), f))
+            return out
+
+        return call
+
+    def _teacher_gallery(self, e: Entry, n: int, dtype):
+        chunk = min(n, 64)
+        x = _inputs(e, self.suite, chunk, self.device, dtype, self.cfg.seed)
+        ids = x["input_ids"][:1].expand(chunk, -1)
+        am = x["attention_mask"][:1].expand(chunk, -1)
+        xx = dict(x, input_ids=ids, attention_mask=am)
+        full = _call_full(e, xx)
+        last = n - chunk * (n // chunk)
+        tail = _call_full(e, {k: v[:last] for k, v in xx.items()}) if last else None
+
+        def call():
+            for _ in range(n // chunk):
+                full()
+            if tail is not None:
+                tail()
+
+        return call
+
+    def _report(self) -> None:
+        try:
+            from dde_bench.report import render_report
+        except ImportError:
+            self.console.print("report: not available in this build")
+            return
+        out = render_report([self.run_dir], self.run_dir / "report")
+        self.console.print(f"[bold]report[/]: {out}")
+
+
+def _break_even(row: dict, teacher_s: float, student_s: float, n: int) -> float | None:
+    """Queries after which building the cache for N images plus student queries costs less than teacher
+    queries: N * build_per_image / (teacher_per_query - student_per_query)."""
+    per_image = row.get("cache_build_ms_per_image")
+    if per_image is None or teacher_s <= student_s:
+        return None
+    n_img = 2 if row.get("task") == "nlvr2" else 1
+    return (per_image / 1e3) * n * n_img / (teacher_s - student_s)
+
+
+def _cast(e: Entry, dtype) -> Entry:
+    e2 = copy.copy(e)
+    e2.model = copy.deepcopy(e.model).to(dtype)
+    return e2
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _point_latest(run_dir: Path, suite: str) -> None:
+    """reports/runs/latest-<suite> -> the newest run folder (best effort)."""
+    link = run_dir.parent / f"latest-{suite}"
+    try:
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(run_dir.name)
+    except OSError:
+        pass
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True)
+
+
+def _fmt(v, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return format(v, spec)
+
+
+def print_summary(rows: list[dict], console: Console) -> None:
+    t = Table(title="results (latency per call; speedup = teacher median / model median, interleaved)")
+    for col in ("model", "scenario", "batch", "p50 ms", "items/s", "speedup [95% CI]", "FLOP bound", "accuracy", "status"):
+        t.add_column(col)
+    for r in rows:
+        if r.get("scenario") == "gallery" and r.get("status") != "ok":
+            continue
+        sp = r.get("speedup_vs_teacher")
+        sp_s = "" if sp is None else f"{sp:.2f}x [{_fmt(r.get('speedup_ci_low'), '.2f')}, {_fmt(r.get('speedup_ci_high'), '.2f')}]"
+        acc = r.get("accuracy")
+        t.add_row(
+            r["model"],
+            r["scenario"],
+            str(r.get("gallery_size") or r.get("batch_size")) if r["scenario"] == "gallery" else str(r["batch_size"]),
+            _fmt(r.get("latency_p50_ms"), ".3g"),
+            _fmt(r.get("throughput_per_s"), ".4g"),
+            sp_s,
+            "" if r.get("speedup_flop_bound") is None else f"{r['speedup_flop_bound']:.2f}x",
+            "n/a" if acc is None else f"{100 * acc:.1f}%",
+            r.get("status", ""),
+        )
+    console.print(t)
