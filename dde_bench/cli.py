@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dde_bench.errors import UserError
+from dde_bench.report.commands import compare_cmd, gate_cmd, report_cmd
 
 app = typer.Typer(
     name="dde-bench",
@@ -26,6 +27,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+
+app.command("report")(report_cmd)
+app.command("compare")(compare_cmd)
+app.command("gate")(gate_cmd)
 
 
 @app.command("list")

@@ -36,9 +36,9 @@ def _latency_ms(model: str, scenario: str, batch: int) -> tuple[float, dict[str,
     if kind == "hf-vilt":
         t = joint * 1.35
         return t, {"joint": t}
-    image = 2 * (0.4 + 1.15 * batch)
-    text = 0.25 + 0.18 * batch
-    fusion = 0.05 + 0.03 * batch
+    image = 2 * (0.5 + 1.35 * batch)
+    text = 0.4 + 0.45 * batch
+    fusion = 0.05 + 0.05 * batch
     if scenario == "online":
         return image + text + fusion, {"image_tower": image, "text_tower": text, "fusion_head": fusion}
     return text + fusion, {"text_tower": text, "fusion_head": fusion}

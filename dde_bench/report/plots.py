@@ -98,8 +98,9 @@ def plot_speedup(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pa
                 hatch="//" if d["derived"] else None, edgecolor="white" if not d["derived"] else "black",
                 linewidth=0.5,
             )
+            top = d["high"] if not math.isnan(d["high"]) else d["value"]
             ax.annotate(
-                f"{d['value']:.1f}x", (xi, d["value"]), xytext=(0, 3), textcoords="offset points",
+                f"{d['value']:.1f}x", (xi, top), xytext=(0, 2), textcoords="offset points",
                 ha="center", va="bottom", fontsize=7,
             )
             if not math.isnan(d["bound"]):
@@ -254,8 +255,8 @@ def plot_memory(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pal
                 ax.bar(j - 0.4 + width * (i + 0.5), num(sel["peak_mem_mb"].iloc[0]), width * 0.92,
                        color=palette.color(m))
         ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-        ax.set_title(s)
-        ax.set_ylabel(f"peak memory (MB; {what})")
+        ax.set_title(f"{s} ({what})")
+        ax.set_ylabel("peak memory (MB)")
     axes[0][0].legend(handles=[Patch(color=palette.color(m), label=m) for m in models], fontsize=8,
                       loc="upper left", frameon=False)
     _suptitle(fig, "Peak memory", title)
@@ -359,33 +360,40 @@ def plot_stages(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pal
     bars = [(m, s) for m in models for s in SCENARIOS if ((ok["model"] == m) & (ok["scenario"] == s)).any()]
     stages = [k for k in STAGE_COLORS if any(k in d for d in ok["stage_ms"])]
     stages += sorted({k for d in ok["stage_ms"] for k in d} - set(stages))
-    fig, axes = plt.subplots(1, len(batches), figsize=(max(7.0, 3.4 * len(batches)), 4.6), squeeze=False)
-    extra = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(
+        1, len(batches), figsize=(max(7.0, 3.3 * len(batches) + 1.5), 1.2 + 0.32 * len(bars)), squeeze=False,
+        sharey=True,
+    )
+    extra = plt.get_cmap("Pastel2")
+    ypos = np.arange(len(bars))[::-1]
     for ax, b in zip(axes[0], batches, strict=True):
-        for j, (m, s) in enumerate(bars):
+        for y, (m, s) in zip(ypos, bars, strict=True):
             sel = ok[(ok["model"] == m) & (ok["scenario"] == s) & (ok["batch_size"] == b)]
             if sel.empty:
                 continue
             d = sel["stage_ms"].iloc[0]
-            bottom = 0.0
+            left = 0.0
             for k, st in enumerate(stages):
                 v = float(d.get(st) or 0.0)
                 if v <= 0:
                     continue
-                ax.bar(j, v, 0.7, bottom=bottom, color=STAGE_COLORS.get(st, extra(k % 10)),
-                       edgecolor=palette.color(m), linewidth=1.5)
-                bottom += v
-        ax.set_xticks(range(len(bars)), [f"{m}\n{s}" for m, s in bars], rotation=35, ha="right", fontsize=7)
-        for lbl, (m, _) in zip(ax.get_xticklabels(), bars, strict=True):
-            lbl.set_color(palette.color(m))
+                ax.barh(y, v, 0.72, left=left, color=STAGE_COLORS.get(st, extra(k % 8)),
+                        edgecolor=palette.color(m), linewidth=1.6)
+                left += v
+        ax.set_yticks(ypos, [f"{m} · {s}" for m, s in bars])
         ax.set_title(f"batch {b}")
-        ax.set_ylabel("time per call (ms)")
-    handles = [Patch(color=STAGE_COLORS.get(st, extra(k % 10)), label=STAGE_LABELS.get(st, st))
-               for k, st in enumerate(stages)]
-    fig.legend(handles=handles, fontsize=8, loc="upper right", frameon=False, ncol=len(handles),
-               bbox_to_anchor=(1.0, 0.94))
-    _suptitle(fig, "Time per stage", title)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+        ax.set_xlabel("time per call (ms)")
+        ax.grid(axis="y", visible=False)
+    label_model = {f"{m} · {s}": m for m, s in bars}
+    for lbl in axes[0][0].get_yticklabels():
+        if lbl.get_text() in label_model:
+            lbl.set_color(palette.color(label_model[lbl.get_text()]))
+    handles = [Patch(facecolor=STAGE_COLORS.get(st, extra(k % 8)), edgecolor="black", linewidth=0.5,
+                     label=STAGE_LABELS.get(st, st)) for k, st in enumerate(stages)]
+    fig.legend(handles=handles, fontsize=8, loc="lower center", frameon=False, ncol=len(handles),
+               bbox_to_anchor=(0.5, 0.0))
+    _suptitle(fig, "Time per stage (bar outline and label colour = model)", title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 

@@ -24,11 +24,12 @@ ROLE_COLORS: dict[str, tuple[str, ...]] = {
 }
 ROLE_ORDER = ("teacher", "hf-vilt", "student", "student-nodistill", "other")
 
+# Stage fills are neutral so they never read as a model; the model shows as the bar's outline and label colour.
 STAGE_COLORS = {
-    "joint": "#1f5fa8",
-    "image_tower": "#f3a866",
-    "text_tower": "#e8731a",
-    "fusion_head": "#9c4a0a",
+    "joint": "#8c8c8c",
+    "image_tower": "#9ecae1",
+    "text_tower": "#c7e9c0",
+    "fusion_head": "#fdd0a2",
 }
 STAGE_LABELS = {
     "joint": "joint stack + head (teacher)",
@@ -110,9 +111,9 @@ def sig(v: Any, digits: int = 3) -> str:
     mag = math.floor(math.log10(abs(x)))
     if mag >= 6 or mag <= -4:
         return f"{x:.{digits - 1}e}"
-    decimals = max(0, digits - 1 - mag)
+    decimals = digits - 1 - mag
     rounded = round(x, decimals)
-    return f"{rounded:.{decimals}f}" if decimals else f"{int(round(rounded)):d}"
+    return f"{rounded:.{decimals}f}" if decimals > 0 else f"{int(round(rounded)):d}"
 
 
 def fixed(v: Any, decimals: int = 1, suffix: str = "") -> str:

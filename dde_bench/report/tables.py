@@ -158,8 +158,8 @@ def headline(rows: pd.DataFrame, palette: Palette) -> list[str]:
                 parts.append(f"is {fixed(lo[1]['value'], 1, 'x')}{derived} faster {words} (batch {lo[0]}{bound_txt})")
             else:
                 parts.append(
-                    f"is {fixed(lo[1]['value'], 1, 'x')}-{fixed(hi[1]['value'], 1, 'x')}{derived} faster {words} "
-                    f"(batch {lo[0]} to {hi[0]}{bound_txt})"
+                    f"is {fixed(lo[1]['value'], 1, 'x')} (batch {lo[0]}) to {fixed(hi[1]['value'], 1, 'x')} "
+                    f"(batch {hi[0]}){derived} faster {words}{bound_txt.replace(', ', ' (', 1) + ')' if bound_txt else ''}"
                 )
         parts.append(_memory_sentence(rows, s, teacher))
         out.append(", ".join(parts[:-1]) + "; " + parts[-1] + ".")
