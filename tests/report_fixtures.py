@@ -161,7 +161,9 @@ def make_run(
                 act = 1.6 * batch if (kind != "student" or scenario == "online") else 0.35 * batch
                 row["peak_mem_mb"] = weights_mb + act
                 row["rss_peak_mb"] = 310.0 + row["peak_mem_mb"]
-                row["flops_per_item"] = 2.1e8 if kind != "student" else (1.8e8 if scenario == "online" else 2.3e7)
+                row["flops_per_item"] = (
+                    2.1e8 if kind != "student" else (1.8e8 if scenario == "online" else 2.3e7)
+                )
                 if kind == "student":
                     sp = teacher_med / speed / float(np.median(samples))
                     row.update(

@@ -18,7 +18,9 @@ def parse_fraction(text: str, option: str) -> float:
     try:
         return float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
-        raise UserError(f"{option}: expected a fraction like 0.1 or a percentage like 10%, got {text!r}") from None
+        raise UserError(
+            f"{option}: expected a fraction like 0.1 or a percentage like 10%, got {text!r}"
+        ) from None
 
 
 FORMATS = ("text", "markdown", "json")
@@ -39,7 +41,9 @@ def report_cmd(
 def compare_cmd(
     baseline: Path = typer.Argument(..., help="baseline run folder"),
     new: Path = typer.Argument(..., help="new run folder"),
-    max_slowdown: str = typer.Option("10%", help="latency growth allowed (ratio of medians), e.g. 10% or 0.1"),
+    max_slowdown: str = typer.Option(
+        "10%", help="latency growth allowed (ratio of medians), e.g. 10% or 0.1"
+    ),
     alpha: float = typer.Option(0.01, help="significance level of the one-sided Mann-Whitney U test"),
     max_accuracy_drop: str = typer.Option("1%", help="accuracy drop allowed, in points, e.g. 1% or 0.01"),
     max_memory_growth: str = typer.Option("10%", help="peak memory growth allowed, e.g. 10% or 0.1"),

@@ -104,7 +104,11 @@ class CompareResult:
                     "new/base [95% CI]": NA
                     if math.isnan(r.latency_ratio)
                     else f"{r.latency_ratio:.3f}"
-                    + ("" if math.isnan(r.ratio_ci_low) else f" [{r.ratio_ci_low:.3f}, {r.ratio_ci_high:.3f}]"),
+                    + (
+                        ""
+                        if math.isnan(r.ratio_ci_low)
+                        else f" [{r.ratio_ci_low:.3f}, {r.ratio_ci_high:.3f}]"
+                    ),
                     "p (slower)": NA if math.isnan(r.p_slower) else f"{r.p_slower:.2g}",
                     "accuracy base→new": f"{pct(r.base_accuracy)} → {pct(r.new_accuracy)}",
                     "peak mem MB base→new": f"{sig(r.base_peak_mem_mb)} → {sig(r.new_peak_mem_mb)}",
@@ -150,7 +154,9 @@ class CompareResult:
 
     def to_text(self, width: int = 200) -> str:
         """The comparison as a rich table, rendered to plain text."""
-        return _rich_text(self.table(), f"compare: {self.baseline.name} -> {self.new.name}", self.summary(), width)
+        return _rich_text(
+            self.table(), f"compare: {self.baseline.name} -> {self.new.name}", self.summary(), width
+        )
 
 
 def _rich_text(df: pd.DataFrame, title: str, footer: str, width: int) -> str:
@@ -160,8 +166,14 @@ def _rich_text(df: pd.DataFrame, title: str, footer: str, width: int) -> str:
     t = Table(title=title)
     for c in df.columns:
         t.add_column(str(c), overflow="fold")
-    styles = {"regressed": "bold red", "improved": "green", "new": "cyan", "missing": "yellow", "fail": "bold red",
-              "pass": "green"}
+    styles = {
+        "regressed": "bold red",
+        "improved": "green",
+        "new": "cyan",
+        "missing": "yellow",
+        "fail": "bold red",
+        "pass": "green",
+    }
     for _, r in df.iterrows():
         verdict = r.get("verdict", "")
         t.add_row(*[str(v) for v in r], style=styles.get(str(verdict)))
@@ -205,7 +217,8 @@ def compare_runs(
             if run.rows.empty:
                 return "no rows"
             return ", ".join(
-                f"{k}={sorted({str(v) for v in run.rows[k] if not is_missing(v)})}" for k in ("suite", "device", "dtype")
+                f"{k}={sorted({str(v) for v in run.rows[k] if not is_missing(v)})}"
+                for k in ("suite", "device", "dtype")
             )
 
         raise UserError(
@@ -216,19 +229,43 @@ def compare_runs(
     for k in list(base_idx) + [k for k in new_idx if k not in base_idx]:
         key = dict(zip(MATCH_KEYS, k, strict=True))
         if k not in new_idx:
-            results.append(RowComparison(key, "missing", ["row absent from the new run"],
-                                         base_p50_ms=num(base_idx[k]["latency_p50_ms"])))
+            results.append(
+                RowComparison(
+                    key,
+                    "missing",
+                    ["row absent from the new run"],
+                    base_p50_ms=num(base_idx[k]["latency_p50_ms"]),
+                )
+            )
             continue
         if k not in base_idx:
-            results.append(RowComparison(key, "new", ["row absent from the baseline"],
-                                         new_p50_ms=num(new_idx[k]["latency_p50_ms"])))
+            results.append(
+                RowComparison(
+                    key, "new", ["row absent from the baseline"], new_p50_ms=num(new_idx[k]["latency_p50_ms"])
+                )
+            )
             continue
         results.append(
-            _compare_row(key, base_idx[k], new_idx[k], base_run.raw.get(k), new_run.raw.get(k), max_slowdown,
-                         alpha, max_accuracy_drop, max_memory_growth, n_boot, seed)
+            _compare_row(
+                key,
+                base_idx[k],
+                new_idx[k],
+                base_run.raw.get(k),
+                new_run.raw.get(k),
+                max_slowdown,
+                alpha,
+                max_accuracy_drop,
+                max_memory_growth,
+                n_boot,
+                seed,
+            )
         )
-    thresholds = {"max_slowdown": max_slowdown, "alpha": alpha, "max_accuracy_drop": max_accuracy_drop,
-                  "max_memory_growth": max_memory_growth}
+    thresholds = {
+        "max_slowdown": max_slowdown,
+        "alpha": alpha,
+        "max_accuracy_drop": max_accuracy_drop,
+        "max_memory_growth": max_memory_growth,
+    }
     return CompareResult(Path(baseline_dir), Path(new_dir), thresholds, results)
 
 
@@ -274,7 +311,9 @@ def _compare_row(
         have_ci = not any(math.isnan(v) for v in (b_lo, b_hi, n_lo, n_hi))
         if drop > max_accuracy_drop and (not have_ci or (rc.new_accuracy < b_lo and rc.base_accuracy > n_hi)):
             worse.append(f"accuracy -{100 * drop:.1f} points")
-        elif -drop > max_accuracy_drop and (not have_ci or (rc.new_accuracy > b_hi and rc.base_accuracy < n_lo)):
+        elif -drop > max_accuracy_drop and (
+            not have_ci or (rc.new_accuracy > b_hi and rc.base_accuracy < n_lo)
+        ):
             better.append(f"accuracy +{-100 * drop:.1f} points")
 
     rc.base_peak_mem_mb, rc.new_peak_mem_mb = num(base["peak_mem_mb"]), num(new["peak_mem_mb"])
@@ -331,16 +370,27 @@ class GateResult:
     def table(self) -> pd.DataFrame:
         """The checks as a DataFrame of strings."""
         return pd.DataFrame.from_records(
-            [{"suite": c.suite, "model": c.model, "scenario": c.scenario,
-              "batch": NA if c.batch_size is None else str(c.batch_size), "check": c.check, "verdict": c.verdict,
-              "detail": c.detail} for c in self.checks]
+            [
+                {
+                    "suite": c.suite,
+                    "model": c.model,
+                    "scenario": c.scenario,
+                    "batch": NA if c.batch_size is None else str(c.batch_size),
+                    "check": c.check,
+                    "verdict": c.verdict,
+                    "detail": c.detail,
+                }
+                for c in self.checks
+            ]
         )
 
     def summary(self) -> str:
         """One line: how many checks passed and the outcome."""
         n_fail = sum(c.verdict == "fail" for c in self.checks)
-        return f"gate {'PASSED' if self.passed else 'FAILED'}: {len(self.checks) - n_fail}/{len(self.checks)} checks " \
-               f"not failed ({self.run})"
+        return (
+            f"gate {'PASSED' if self.passed else 'FAILED'}: {len(self.checks) - n_fail}/{len(self.checks)} checks "
+            f"not failed ({self.run})"
+        )
 
     def to_text(self, width: int = 160) -> str:
         """The checks as a rich table, rendered to plain text."""
@@ -352,11 +402,19 @@ class GateResult:
 
     def to_json(self) -> str:
         """The checks as JSON."""
+
         def clean(v: Any) -> Any:
             return None if isinstance(v, float) and not math.isfinite(v) else v
 
-        return json.dumps({"run": str(self.run), "passed": self.passed, "exit_code": self.exit_code,
-                           "checks": [{k: clean(v) for k, v in asdict(c).items()} for c in self.checks]}, indent=2)
+        return json.dumps(
+            {
+                "run": str(self.run),
+                "passed": self.passed,
+                "exit_code": self.exit_code,
+                "checks": [{k: clean(v) for k, v in asdict(c).items()} for c in self.checks],
+            },
+            indent=2,
+        )
 
 
 def gate_run(
@@ -377,12 +435,17 @@ def gate_run(
     run = load_run(run_dir)
     rows = run.rows
     kinds = model_kinds(rows) if not rows.empty else {}
-    sel = rows[(rows["scenario"] == scenario) & rows["model"].map(lambda m: kinds.get(m) == "student")] \
-        if not rows.empty else rows
+    sel = (
+        rows[(rows["scenario"] == scenario) & rows["model"].map(lambda m: kinds.get(m) == "student")]
+        if not rows.empty
+        else rows
+    )
     if models:
         unknown = set(models) - set(sel["model"])
         if unknown:
-            raise UserError(f"{run_dir}: no {scenario} student rows for model(s) {', '.join(sorted(unknown))}")
+            raise UserError(
+                f"{run_dir}: no {scenario} student rows for model(s) {', '.join(sorted(unknown))}"
+            )
         sel = sel[sel["model"].isin(models)]
     if sel.empty:
         raise UserError(f"{run_dir}: no student rows in scenario {scenario!r}: nothing to gate")
@@ -394,32 +457,86 @@ def gate_run(
         lo = num(r["speedup_ci_low"])
         status = str(r.get("status") or "ok")
         if status != "ok":
-            checks.append(GateCheck(m, suite, scenario, b, "speedup", "fail", math.nan, min_speedup,
-                                    f"row status {status}"))
+            checks.append(
+                GateCheck(
+                    m, suite, scenario, b, "speedup", "fail", math.nan, min_speedup, f"row status {status}"
+                )
+            )
         elif math.isnan(lo):
-            checks.append(GateCheck(m, suite, scenario, b, "speedup", "fail", math.nan, min_speedup,
-                                    "speedup interval not measured"))
+            checks.append(
+                GateCheck(
+                    m,
+                    suite,
+                    scenario,
+                    b,
+                    "speedup",
+                    "fail",
+                    math.nan,
+                    min_speedup,
+                    "speedup interval not measured",
+                )
+            )
         else:
             ok = lo >= min_speedup
-            checks.append(GateCheck(
-                m, suite, scenario, b, "speedup", "pass" if ok else "fail", lo, min_speedup,
-                f"{fixed(r['speedup_vs_teacher'], 2, 'x')} [CI low {lo:.2f}] {'>=' if ok else '<'} {min_speedup:g}x",
-            ))
+            checks.append(
+                GateCheck(
+                    m,
+                    suite,
+                    scenario,
+                    b,
+                    "speedup",
+                    "pass" if ok else "fail",
+                    lo,
+                    min_speedup,
+                    f"{fixed(r['speedup_vs_teacher'], 2, 'x')} [CI low {lo:.2f}] {'>=' if ok else '<'} {min_speedup:g}x",
+                )
+            )
         teacher = teacher_of(suite_rows, m)
         sa = num(r["accuracy"])
         if math.isnan(sa):
             sa = model_accuracy(suite_rows, m)[0]
         ta = model_accuracy(suite_rows, teacher)[0] if teacher else math.nan
         if math.isnan(sa) and math.isnan(ta):
-            checks.append(GateCheck(m, suite, scenario, b, "accuracy", "n/a", math.nan, max_accuracy_drop,
-                                    "accuracy not measured for student or teacher"))
+            checks.append(
+                GateCheck(
+                    m,
+                    suite,
+                    scenario,
+                    b,
+                    "accuracy",
+                    "n/a",
+                    math.nan,
+                    max_accuracy_drop,
+                    "accuracy not measured for student or teacher",
+                )
+            )
         elif math.isnan(sa) or math.isnan(ta):
-            checks.append(GateCheck(m, suite, scenario, b, "accuracy", "fail", sa, max_accuracy_drop,
-                                    f"accuracy n/a for {'student' if math.isnan(sa) else f'teacher {teacher}'}"))
+            checks.append(
+                GateCheck(
+                    m,
+                    suite,
+                    scenario,
+                    b,
+                    "accuracy",
+                    "fail",
+                    sa,
+                    max_accuracy_drop,
+                    f"accuracy n/a for {'student' if math.isnan(sa) else f'teacher {teacher}'}",
+                )
+            )
         else:
             ok = sa >= ta - max_accuracy_drop
-            checks.append(GateCheck(
-                m, suite, scenario, b, "accuracy", "pass" if ok else "fail", sa, max_accuracy_drop,
-                f"{pct(sa)} vs teacher {teacher} {pct(ta)} (allowed drop {100 * max_accuracy_drop:.1f} points)",
-            ))
+            checks.append(
+                GateCheck(
+                    m,
+                    suite,
+                    scenario,
+                    b,
+                    "accuracy",
+                    "pass" if ok else "fail",
+                    sa,
+                    max_accuracy_drop,
+                    f"{pct(sa)} vs teacher {teacher} {pct(ta)} (allowed drop {100 * max_accuracy_drop:.1f} points)",
+                )
+            )
     return GateResult(Path(run_dir), checks)

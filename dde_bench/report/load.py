@@ -119,7 +119,9 @@ def load_run(run_dir: str | Path) -> Run:
             try:
                 raw[row_key(rec)] = [float(s) for s in samples]
             except (TypeError, ValueError):
-                raise UserError(f"{results_path}:{i + 1}: {RAW_SAMPLES_KEY} must be a list of numbers") from None
+                raise UserError(
+                    f"{results_path}:{i + 1}: {RAW_SAMPLES_KEY} must be a list of numbers"
+                ) from None
         records.append(rec)
 
     columns = list(COLUMNS) + sorted({k for r in records for k in r} - set(COLUMNS))

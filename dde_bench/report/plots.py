@@ -69,7 +69,9 @@ def _suptitle(fig: Figure, what: str, title: str) -> None:
 # ---------------------------------------------------------------- (a) speedup
 
 
-def plot_speedup(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str) -> PlotResult:
+def plot_speedup(
+    rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str
+) -> PlotResult:
     """Grouped bars: speedup over the teacher per (scenario, batch size), one bar per non-teacher model, 95% CI
     as error bars, the FLOP bound as a black line across each bar; hatched bars are derived, not interleaved."""
     kinds = model_kinds(rows)
@@ -94,14 +96,25 @@ def plot_speedup(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pa
             if not (math.isnan(d["low"]) or math.isnan(d["high"])):
                 err = [[d["value"] - d["low"]], [d["high"] - d["value"]]]
             ax.bar(
-                xi, d["value"], width * 0.92, color=palette.color(m), yerr=err, capsize=2,
-                hatch="//" if d["derived"] else None, edgecolor="white" if not d["derived"] else "black",
+                xi,
+                d["value"],
+                width * 0.92,
+                color=palette.color(m),
+                yerr=err,
+                capsize=2,
+                hatch="//" if d["derived"] else None,
+                edgecolor="white" if not d["derived"] else "black",
                 linewidth=0.5,
             )
             top = d["high"] if not math.isnan(d["high"]) else d["value"]
             ax.annotate(
-                f"{d['value']:.1f}x", (xi, top), xytext=(0, 2), textcoords="offset points",
-                ha="center", va="bottom", fontsize=7,
+                f"{d['value']:.1f}x",
+                (xi, top),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
             )
             if not math.isnan(d["bound"]):
                 ax.hlines(d["bound"], xi - width * 0.5, xi + width * 0.5, colors="black", linewidth=1.6)
@@ -111,16 +124,28 @@ def plot_speedup(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pa
     ax.set_ylabel("speedup over teacher (x, ratio of median latencies)")
     ax.set_ylim(0, None)
     handles: list[Any] = [Patch(color=palette.color(m), label=m) for m in models]
-    handles.append(Line2D([], [], color=palette.color(teacher_of(rows, models[0]) or ""), linestyle="--",
-                          label="teacher (1.0x)"))
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color=palette.color(teacher_of(rows, models[0]) or ""),
+            linestyle="--",
+            label="teacher (1.0x)",
+        )
+    )
     if bound_drawn:
         handles.append(Line2D([], [], color="black", linewidth=1.6, label="FLOP bound"))
     if any(data[(m, g)]["derived"] for m in models for g in groups):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="not interleaved"))
     ax.legend(handles=handles, fontsize=8, loc="upper left", frameon=False)
     top = max(
-        max(d["value"], d["high"] if not math.isnan(d["high"]) else 0, d["bound"] if not math.isnan(d["bound"]) else 0)
-        for d in data.values() if not math.isnan(d["value"])
+        max(
+            d["value"],
+            d["high"] if not math.isnan(d["high"]) else 0,
+            d["bound"] if not math.isnan(d["bound"]) else 0,
+        )
+        for d in data.values()
+        if not math.isnan(d["value"])
     )
     ax.set_ylim(0, top * 1.25)
     _suptitle(fig, "Speedup over the teacher", title)
@@ -142,7 +167,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def plot_pareto(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str) -> PlotResult:
+def plot_pareto(
+    rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str
+) -> PlotResult:
     """Accuracy (95% CI) against throughput: one point per model and scenario at its best batch size."""
     ok = _ok(rows)
     ok = ok[ok["scenario"].isin(SCENARIOS)]
@@ -153,8 +180,17 @@ def plot_pareto(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pal
         if thr.isna().all() or math.isnan(acc):
             continue
         best = sub.loc[thr.idxmax()]
-        pts.append({"model": m, "scenario": s, "thr": num(best["throughput_per_s"]), "batch": int(best["batch_size"]),
-                    "acc": 100 * acc, "lo": 100 * lo, "hi": 100 * hi})
+        pts.append(
+            {
+                "model": m,
+                "scenario": s,
+                "thr": num(best["throughput_per_s"]),
+                "batch": int(best["batch_size"]),
+                "acc": 100 * acc,
+                "lo": 100 * lo,
+                "hi": 100 * hi,
+            }
+        )
     if not pts:
         return "no rows with both accuracy and throughput"
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
@@ -162,9 +198,17 @@ def plot_pareto(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pal
         err = None
         if not (math.isnan(p["lo"]) or math.isnan(p["hi"])):
             err = [[p["acc"] - p["lo"]], [p["hi"] - p["acc"]]]
-        ax.errorbar(p["thr"], p["acc"], yerr=err, fmt=SCENARIO_MARKERS.get(p["scenario"], "o"),
-                    color=palette.color(p["model"]), markersize=7, capsize=2, markeredgecolor="black",
-                    markeredgewidth=0.5)
+        ax.errorbar(
+            p["thr"],
+            p["acc"],
+            yerr=err,
+            fmt=SCENARIO_MARKERS.get(p["scenario"], "o"),
+            color=palette.color(p["model"]),
+            markersize=7,
+            capsize=2,
+            markeredgecolor="black",
+            markeredgewidth=0.5,
+        )
     front = pareto_front([(p["thr"], p["acc"]) for p in pts])
     fx = [pts[i]["thr"] for i in front]
     fy = [pts[i]["acc"] for i in front]
@@ -172,13 +216,23 @@ def plot_pareto(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pal
     ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", linewidths=0.8, zorder=0)
     ax.set_xscale("log")
     ax.set_xlabel("throughput (items/s, log scale; best batch size per point)")
-    ax.set_ylabel(f"accuracy (%, 95% CI; {rows['accuracy_metric'].dropna().iloc[0] if rows['accuracy_metric'].notna().any() else 'metric n/a'})")
+    ax.set_ylabel(
+        f"accuracy (%, 95% CI; {rows['accuracy_metric'].dropna().iloc[0] if rows['accuracy_metric'].notna().any() else 'metric n/a'})"
+    )
     models = palette.order({p["model"] for p in pts})
-    handles: list[Any] = [Line2D([], [], marker="o", linestyle="", color=palette.color(m), label=m) for m in models]
-    handles += [Line2D([], [], marker=SCENARIO_MARKERS[s], linestyle="", color="grey", label=s)
-                for s in SCENARIOS if any(p["scenario"] == s for p in pts)]
-    handles.append(Line2D([], [], color="black", linestyle=":", marker="o", markerfacecolor="none",
-                          label="Pareto frontier"))
+    handles: list[Any] = [
+        Line2D([], [], marker="o", linestyle="", color=palette.color(m), label=m) for m in models
+    ]
+    handles += [
+        Line2D([], [], marker=SCENARIO_MARKERS[s], linestyle="", color="grey", label=s)
+        for s in SCENARIOS
+        if any(p["scenario"] == s for p in pts)
+    ]
+    handles.append(
+        Line2D(
+            [], [], color="black", linestyle=":", marker="o", markerfacecolor="none", label="Pareto frontier"
+        )
+    )
     ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     _suptitle(fig, "Accuracy against throughput", title)
     fig.tight_layout()
@@ -188,7 +242,9 @@ def plot_pareto(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pal
 # ---------------------------------------------------------------- (c) latency distributions
 
 
-def plot_latency(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str) -> PlotResult:
+def plot_latency(
+    rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str
+) -> PlotResult:
     """Box plots of the raw per-call latencies per (scenario, batch size, model): box = IQR, line = p50,
     whiskers 1.5 IQR, a black tick at p99."""
     ok = _ok(rows)
@@ -205,13 +261,23 @@ def plot_latency(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pa
     for ax, s in zip(axes[0], scen, strict=True):
         for i, m in enumerate(models):
             for j, b in enumerate(batches):
-                sel = [smp for r, smp in have if r["scenario"] == s and r["model"] == m and int(r["batch_size"]) == b]
+                sel = [
+                    smp
+                    for r, smp in have
+                    if r["scenario"] == s and r["model"] == m and int(r["batch_size"]) == b
+                ]
                 if not sel:
                     continue
                 xi = j - 0.4 + width * (i + 0.5)
-                bp = ax.boxplot([sel[0]], positions=[xi], widths=width * 0.85, patch_artist=True,
-                                flierprops={"markersize": 2, "markeredgecolor": palette.color(m)},
-                                medianprops={"color": "black", "linewidth": 1.2}, manage_ticks=False)
+                bp = ax.boxplot(
+                    [sel[0]],
+                    positions=[xi],
+                    widths=width * 0.85,
+                    patch_artist=True,
+                    flierprops={"markersize": 2, "markeredgecolor": palette.color(m)},
+                    medianprops={"color": "black", "linewidth": 1.2},
+                    manage_ticks=False,
+                )
                 for box in bp["boxes"]:
                     box.set_facecolor(palette.color(m))
                     box.set_edgecolor("black")
@@ -222,8 +288,10 @@ def plot_latency(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pa
         ax.set_title(s)
         ax.set_ylabel("latency per call (ms, log scale)")
     handles: list[Any] = [Patch(color=palette.color(m), label=m) for m in models]
-    handles += [Line2D([], [], color="black", linewidth=1.2, label="p50 (box: IQR)"),
-                Line2D([], [], color="black", marker="_", linestyle="", markersize=9, mew=2, label="p99")]
+    handles += [
+        Line2D([], [], color="black", linewidth=1.2, label="p50 (box: IQR)"),
+        Line2D([], [], color="black", marker="_", linestyle="", markersize=9, mew=2, label="p99"),
+    ]
     axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", frameon=False)
     _suptitle(fig, "Latency distribution per call", title)
     fig.tight_layout()
@@ -233,7 +301,9 @@ def plot_latency(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pa
 # ---------------------------------------------------------------- (d) memory
 
 
-def plot_memory(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str) -> PlotResult:
+def plot_memory(
+    rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str
+) -> PlotResult:
     """Grouped bars of peak memory per batch size and model, one panel per scenario."""
     ok = _ok(rows)
     ok = ok[ok["scenario"].isin(SCENARIOS) & ok["peak_mem_mb"].map(lambda v: not is_missing(v))]
@@ -252,13 +322,21 @@ def plot_memory(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pal
                 sel = ok[(ok["scenario"] == s) & (ok["model"] == m) & (ok["batch_size"] == b)]
                 if sel.empty:
                     continue
-                ax.bar(j - 0.4 + width * (i + 0.5), num(sel["peak_mem_mb"].iloc[0]), width * 0.92,
-                       color=palette.color(m))
+                ax.bar(
+                    j - 0.4 + width * (i + 0.5),
+                    num(sel["peak_mem_mb"].iloc[0]),
+                    width * 0.92,
+                    color=palette.color(m),
+                )
         ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
         ax.set_title(f"{s} ({what})")
         ax.set_ylabel("peak memory (MB)")
-    axes[0][0].legend(handles=[Patch(color=palette.color(m), label=m) for m in models], fontsize=8,
-                      loc="upper left", frameon=False)
+    axes[0][0].legend(
+        handles=[Patch(color=palette.color(m), label=m) for m in models],
+        fontsize=8,
+        loc="upper left",
+        frameon=False,
+    )
     _suptitle(fig, "Peak memory", title)
     fig.tight_layout()
     return fig
@@ -290,14 +368,34 @@ def break_even(rows: pd.DataFrame) -> pd.DataFrame:
             q = float("inf")
         else:
             q = float(max(1, math.ceil(build_ms / (t_ms - s_ms))))
-        recs.append({"model": r["model"], "teacher": teacher, "gallery_size": n, "student_ms": s_ms,
-                     "teacher_ms": t_ms, "cache_build_ms": build_ms, "break_even_queries": q})
+        recs.append(
+            {
+                "model": r["model"],
+                "teacher": teacher,
+                "gallery_size": n,
+                "student_ms": s_ms,
+                "teacher_ms": t_ms,
+                "cache_build_ms": build_ms,
+                "break_even_queries": q,
+            }
+        )
     return pd.DataFrame.from_records(
-        recs, columns=["model", "teacher", "gallery_size", "student_ms", "teacher_ms", "cache_build_ms",
-                       "break_even_queries"])
+        recs,
+        columns=[
+            "model",
+            "teacher",
+            "gallery_size",
+            "student_ms",
+            "teacher_ms",
+            "cache_build_ms",
+            "break_even_queries",
+        ],
+    )
 
 
-def plot_gallery(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str) -> PlotResult:
+def plot_gallery(
+    rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str
+) -> PlotResult:
     """Left: latency of scoring one text against the gallery, log-log, per model. Right: the cache's break-even
     query count per gallery size (n/a points, where the teacher was not measured, are left out)."""
     ok = _ok(rows)
@@ -317,16 +415,30 @@ def plot_gallery(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pa
     ax.legend(fontsize=8, frameon=False)
     finite = be[np.isfinite(be["break_even_queries"])] if not be.empty else be
     if finite.empty:
-        ax2.text(0.5, 0.5, "break-even n/a\n(no teacher gallery rows or no cache build time)",
-                 ha="center", va="center", transform=ax2.transAxes)
+        ax2.text(
+            0.5,
+            0.5,
+            "break-even n/a\n(no teacher gallery rows or no cache build time)",
+            ha="center",
+            va="center",
+            transform=ax2.transAxes,
+        )
         ax2.set_axis_off()
     else:
         for m in palette.order(set(finite["model"])):
             sub = finite[finite["model"] == m].sort_values("gallery_size")
-            ax2.plot(sub["gallery_size"], sub["break_even_queries"], marker="s", color=palette.color(m), label=m)
+            ax2.plot(
+                sub["gallery_size"], sub["break_even_queries"], marker="s", color=palette.color(m), label=m
+            )
             for _, r in sub.iterrows():
-                ax2.annotate(f"{int(r['break_even_queries'])}", (r["gallery_size"], r["break_even_queries"]),
-                             xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
+                ax2.annotate(
+                    f"{int(r['break_even_queries'])}",
+                    (r["gallery_size"], r["break_even_queries"]),
+                    xytext=(0, 6),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=8,
+                )
         ax2.set_xscale("log")
         ax2.set_yscale("log")
         ymax = float(finite["break_even_queries"].max())
@@ -337,8 +449,15 @@ def plot_gallery(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pa
         missing = be[~np.isfinite(be["break_even_queries"])]
         if not missing.empty:
             sizes = ", ".join(str(int(n)) for n in sorted(set(missing["gallery_size"])))
-            ax2.text(0.02, 0.97, f"n/a at gallery size {sizes}\n(teacher not measured)", transform=ax2.transAxes,
-                     va="top", fontsize=8, color="dimgray")
+            ax2.text(
+                0.02,
+                0.97,
+                f"n/a at gallery size {sizes}\n(teacher not measured)",
+                transform=ax2.transAxes,
+                va="top",
+                fontsize=8,
+                color="dimgray",
+            )
         ax2.legend(fontsize=8, frameon=False, loc="upper right")
     _suptitle(fig, "Gallery scaling", title)
     fig.tight_layout()
@@ -348,7 +467,9 @@ def plot_gallery(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pa
 # ---------------------------------------------------------------- (f) stages
 
 
-def plot_stages(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str) -> PlotResult:
+def plot_stages(
+    rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Palette, title: str
+) -> PlotResult:
     """Stacked bars of per-stage time of one call, per model and scenario, one panel per batch size:
     image tower, text tower, fusion + head for students; the joint stack for the teacher."""
     ok = _ok(rows)
@@ -361,7 +482,10 @@ def plot_stages(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pal
     stages = [k for k in STAGE_COLORS if any(k in d for d in ok["stage_ms"])]
     stages += sorted({k for d in ok["stage_ms"] for k in d} - set(stages))
     fig, axes = plt.subplots(
-        1, len(batches), figsize=(max(7.0, 3.3 * len(batches) + 1.5), 1.2 + 0.32 * len(bars)), squeeze=False,
+        1,
+        len(batches),
+        figsize=(max(7.0, 3.3 * len(batches) + 1.5), 1.2 + 0.32 * len(bars)),
+        squeeze=False,
         sharey=True,
     )
     extra = plt.get_cmap("Pastel2")
@@ -377,8 +501,15 @@ def plot_stages(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pal
                 v = float(d.get(st) or 0.0)
                 if v <= 0:
                     continue
-                ax.barh(y, v, 0.72, left=left, color=STAGE_COLORS.get(st, extra(k % 8)),
-                        edgecolor=palette.color(m), linewidth=1.6)
+                ax.barh(
+                    y,
+                    v,
+                    0.72,
+                    left=left,
+                    color=STAGE_COLORS.get(st, extra(k % 8)),
+                    edgecolor=palette.color(m),
+                    linewidth=1.6,
+                )
                 left += v
         ax.set_yticks(ypos, [f"{m} · {s}" for m, s in bars])
         ax.set_title(f"batch {b}")
@@ -388,10 +519,23 @@ def plot_stages(rows: pd.DataFrame, raw: dict[RowKey, list[float]], palette: Pal
     for lbl in axes[0][0].get_yticklabels():
         if lbl.get_text() in label_model:
             lbl.set_color(palette.color(label_model[lbl.get_text()]))
-    handles = [Patch(facecolor=STAGE_COLORS.get(st, extra(k % 8)), edgecolor="black", linewidth=0.5,
-                     label=STAGE_LABELS.get(st, st)) for k, st in enumerate(stages)]
-    fig.legend(handles=handles, fontsize=8, loc="lower center", frameon=False, ncol=len(handles),
-               bbox_to_anchor=(0.5, 0.0))
+    handles = [
+        Patch(
+            facecolor=STAGE_COLORS.get(st, extra(k % 8)),
+            edgecolor="black",
+            linewidth=0.5,
+            label=STAGE_LABELS.get(st, st),
+        )
+        for k, st in enumerate(stages)
+    ]
+    fig.legend(
+        handles=handles,
+        fontsize=8,
+        loc="lower center",
+        frameon=False,
+        ncol=len(handles),
+        bbox_to_anchor=(0.5, 0.0),
+    )
     _suptitle(fig, "Time per stage (bar outline and label colour = model)", title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

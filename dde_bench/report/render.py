@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from dde_bench.errors import UserError
-from dde_bench.report.load import Run, load_run
+from dde_bench.report.load import load_run
 from dde_bench.report.plots import PLOTS, break_even
 from dde_bench.report.style import NA, Palette, sig
 from dde_bench.report.tables import (
@@ -139,8 +139,10 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
     if len(runs) > 1:
         blocks += [
             _heading(2, "Runs side by side"),
-            _para("Rows matched by suite, model, scenario, batch size and gallery size (and device / dtype where "
-                  "a run holds several); 'p50 / first' is the ratio of medians to the first run's."),
+            _para(
+                "Rows matched by suite, model, scenario, batch size and gallery size (and device / dtype where "
+                "a run holds several); 'p50 / first' is the ratio of medians to the first run's."
+            ),
             _table(comparison_table(runs)),
         ]
 
@@ -169,24 +171,31 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
                 blocks.append(_para(DERIVED_NOTE))
             be = break_even(rows)
             if not be.empty:
-                be_fmt = pd.DataFrame({
-                    "model": be["model"],
-                    "gallery size": be["gallery_size"].astype(int).astype(str),
-                    "student p50 ms": be["student_ms"].map(sig),
-                    "teacher p50 ms": be["teacher_ms"].map(sig),
-                    "cache build ms": be["cache_build_ms"].map(sig),
-                    "break-even queries": be["break_even_queries"].map(
-                        lambda q: NA if q != q else ("never" if q == float("inf") else str(int(q)))),
-                })
+                be_fmt = pd.DataFrame(
+                    {
+                        "model": be["model"],
+                        "gallery size": be["gallery_size"].astype(int).astype(str),
+                        "student p50 ms": be["student_ms"].map(sig),
+                        "teacher p50 ms": be["teacher_ms"].map(sig),
+                        "cache build ms": be["cache_build_ms"].map(sig),
+                        "break-even queries": be["break_even_queries"].map(
+                            lambda q: NA if q != q else ("never" if q == float("inf") else str(int(q)))
+                        ),
+                    }
+                )
                 blocks += [
                     _heading(3, "Gallery: when does the image cache pay off?"),
-                    _para("Break-even = the number of text queries after which building the image-feature cache "
-                          "plus answering with the student takes less time than answering with the teacher."),
+                    _para(
+                        "Break-even = the number of text queries after which building the image-feature cache "
+                        "plus answering with the student takes less time than answering with the teacher."
+                    ),
                     _table(be_fmt),
                 ]
             blocks.append(_heading(3, "Plots"))
             ptitle = f"{suite}, {device}, {dtype}"
-            prefix = _slug(f"{rlabel}-{suite}-{device}-{dtype}" if len(runs) > 1 else f"{suite}-{device}-{dtype}")
+            prefix = _slug(
+                f"{rlabel}-{suite}-{device}-{dtype}" if len(runs) > 1 else f"{suite}-{device}-{dtype}"
+            )
             for name, (caption, fn) in PLOTS.items():
                 result = fn(rows, run.raw, palette, ptitle)
                 if isinstance(result, str):
@@ -195,11 +204,13 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
                     continue
                 png, svg, b64 = _save_plot(result, plot_dir, f"{prefix}-{name}")
                 rel_png, rel_svg = png.relative_to(out_dir).as_posix(), svg.relative_to(out_dir).as_posix()
-                blocks.append(_Block(
-                    f"![{caption}]({rel_png})\n\n*{caption}* ([SVG]({rel_svg}))",
-                    f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>",
-                ))
+                blocks.append(
+                    _Block(
+                        f"![{caption}]({rel_png})\n\n*{caption}* ([SVG]({rel_svg}))",
+                        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
+                        f"<figcaption>{html.escape(caption)}</figcaption></figure>",
+                    )
+                )
             blocks += [_heading(3, "All results"), _table(full_table(rows, palette))]
 
     md = "\n\n".join(b.md for b in blocks) + "\n"

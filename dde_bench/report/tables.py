@@ -74,7 +74,13 @@ def _ok(rows: pd.DataFrame) -> pd.DataFrame:
 def speedup_for(rows: pd.DataFrame, model: str, scenario: str, batch: int) -> dict[str, Any]:
     """Speedup of `model` over its teacher at (scenario, batch): measured (interleaved) if the row has it,
     else derived from the two rows' medians and marked derived; NaN when neither is possible."""
-    out = {"value": float("nan"), "low": float("nan"), "high": float("nan"), "bound": float("nan"), "derived": False}
+    out = {
+        "value": float("nan"),
+        "low": float("nan"),
+        "high": float("nan"),
+        "bound": float("nan"),
+        "derived": False,
+    }
     ok = _ok(rows)
     sel = ok[(ok["model"] == model) & (ok["scenario"] == scenario) & (ok["batch_size"] == batch)]
     if sel.empty:
@@ -82,7 +88,9 @@ def speedup_for(rows: pd.DataFrame, model: str, scenario: str, batch: int) -> di
     r = sel.iloc[0]
     out["bound"] = num(r["speedup_flop_bound"])
     if not is_missing(r["speedup_vs_teacher"]):
-        out.update(value=num(r["speedup_vs_teacher"]), low=num(r["speedup_ci_low"]), high=num(r["speedup_ci_high"]))
+        out.update(
+            value=num(r["speedup_vs_teacher"]), low=num(r["speedup_ci_low"]), high=num(r["speedup_ci_high"])
+        )
         return out
     teacher = teacher_of(rows, model)
     if teacher == model:
@@ -155,7 +163,9 @@ def headline(rows: pd.DataFrame, palette: Palette) -> list[str]:
             bound = vals[-1][1]["bound"]
             bound_txt = f", FLOP bound {fixed(bound, 1, 'x')}" if not np.isnan(bound) else ""
             if lo[0] == hi[0]:
-                parts.append(f"is {fixed(lo[1]['value'], 1, 'x')}{derived} faster {words} (batch {lo[0]}{bound_txt})")
+                parts.append(
+                    f"is {fixed(lo[1]['value'], 1, 'x')}{derived} faster {words} (batch {lo[0]}{bound_txt})"
+                )
             else:
                 parts.append(
                     f"is {fixed(lo[1]['value'], 1, 'x')} (batch {lo[0]}) to {fixed(hi[1]['value'], 1, 'x')} "
@@ -258,7 +268,9 @@ def full_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
             if col in ("model", "scenario", "status"):
                 rec[label] = NA if is_missing(v) else str(v)
             elif col in ("batch_size", "gallery_size", "n_samples"):
-                rec[label] = "" if is_missing(v) and col == "gallery_size" else (NA if is_missing(v) else str(int(v)))
+                rec[label] = (
+                    "" if is_missing(v) and col == "gallery_size" else (NA if is_missing(v) else str(int(v)))
+                )
             elif col == "accuracy":
                 rec[label] = pct(v)
             elif col == "speedup_vs_teacher":
@@ -318,14 +330,18 @@ def comparison_table(runs: list[Run]) -> pd.DataFrame:
     heads = {}
     for i, run in enumerate(runs):
         desc = [
-            ", ".join(sorted({str(v) for v in run.rows[k] if not is_missing(v)})) for k in ("device", "dtype")
+            ", ".join(sorted({str(v) for v in run.rows[k] if not is_missing(v)}))
+            for k in ("device", "dtype")
             if k not in varying
         ]
         heads[labels[i]] = f"{labels[i]} ({'; '.join(d for d in desc if d)})" if any(desc) else labels[i]
     order = list(dict.fromkeys(rows["_key"]))
     recs = []
     for key in order:
-        rec = {k: ("" if v is None else str(int(v)) if isinstance(v, float) else str(v)) for k, v in zip(keys, key, strict=True)}
+        rec = {
+            k: ("" if v is None else str(int(v)) if isinstance(v, float) else str(v))
+            for k, v in zip(keys, key, strict=True)
+        }
         base_p50 = float("nan")
         for j, label in enumerate(labels):
             sel = rows[(rows["run"] == label) & (rows["_key"] == key)]
@@ -355,6 +371,7 @@ def comparison_table(runs: list[Run]) -> pd.DataFrame:
 
 def to_markdown(df: pd.DataFrame) -> str:
     """A DataFrame of strings as a GitHub-flavoured markdown table (no tabulate dependency)."""
+
     def cell(v: Any) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
