@@ -6,8 +6,12 @@ and nothing here is shipped as results.
 
 from __future__ import annotations
 
+import atexit
 import csv
+import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +206,18 @@ def make_run(
         for row in rows:
             w.writerow({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in row.items()})
     return run_dir
+
+
+@functools.cache
+def rendered_fixture_report() -> Path:
+    """Render the default fixture run once per test session (rendering takes seconds on a shared CPU).
+
+    Returns the report folder; the run folder is its sibling ``runs/cpu-run``. Removed at interpreter exit.
+    """
+    from dde_bench.report.render import render_report
+
+    root = Path(tempfile.mkdtemp(prefix="dde-report-fixture-"))
+    atexit.register(shutil.rmtree, root, True)
+    run = make_run(root / "runs" / "cpu-run", seed=0)
+    render_report([run], root / "out")
+    return root / "out"

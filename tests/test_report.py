@@ -13,15 +13,12 @@ from dde_bench.report.load import load_run
 from dde_bench.report.plots import PLOTS, pareto_front
 from dde_bench.report.render import render_report
 from dde_bench.report.style import sig
-from tests.report_fixtures import make_run
+from tests.report_fixtures import make_run, rendered_fixture_report
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("report")
-    run = make_run(root / "runs" / "cpu-run", seed=0)
-    render_report([run], root / "out")
-    return root / "out"
+def rendered() -> Path:
+    return rendered_fixture_report()
 
 
 def test_report_md_has_tables_and_key_numbers(rendered: Path) -> None:
@@ -85,8 +82,9 @@ def test_missing_data_skips_plot_with_note(tmp_path: Path) -> None:
 
 
 def test_several_runs_side_by_side(tmp_path: Path) -> None:
-    a = make_run(tmp_path / "cpu", seed=0)
-    b = make_run(tmp_path / "gpu", seed=1, device="cuda:0", speed=8.0, git_commit="abc1234")
+    two = ("tiny-teacher", "tiny-student")
+    a = make_run(tmp_path / "cpu", seed=0, models=two)
+    b = make_run(tmp_path / "gpu", seed=1, device="cuda:0", speed=8.0, git_commit="abc1234", models=two)
     render_report([a, b], tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Runs side by side" in md

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from dde_bench.report.plots import PLOTS
-from dde_bench.report.render import render_report
-from tests.report_fixtures import make_run
+from tests.report_fixtures import rendered_fixture_report
 
 
 def _chromium() -> str | None:
@@ -32,8 +31,7 @@ def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     browser = _chromium()
     if browser is None:
         pytest.skip("Chromium not installed (run `make browser` or `apt-get install chromium`)")
-    run = make_run(tmp_path / "run", seed=0)
-    html_path = render_report([run], tmp_path / "out")
+    html_path = rendered_fixture_report() / "report.html"
     cmd = [
         browser,
         "--headless",
