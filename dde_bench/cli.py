@@ -14,6 +14,7 @@ from rich.table import Table
 
 from dde_bench.data.commands import data_app
 from dde_bench.errors import UserError
+from dde_bench.report.commands import compare_cmd, gate_cmd, report_cmd
 
 app = typer.Typer(
     name="dde-bench",
@@ -28,6 +29,10 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(data_app, name="data")
+
+app.command("report")(report_cmd)
+app.command("compare")(compare_cmd)
+app.command("gate")(gate_cmd)
 
 
 @app.command("list")

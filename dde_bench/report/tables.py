@@ -1,0 +1,391 @@
+"""Tables and headline sentences built from result rows: every figure comes from the rows, missing ones read n/a.
+
+All functions take the rows of one or more runs as a DataFrame (schema.COLUMNS plus a ``run`` column naming
+the run folder) and return DataFrames of formatted strings, or plain sentences.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dde_bench.bench.schema import MATCH_KEYS
+from dde_bench.report.load import Run
+from dde_bench.report.style import NA, Palette, fixed, is_missing, pct, pct_ci, sig, speedup_ci
+
+GROUP_KEYS = ("suite", "device", "dtype")  # one report section per group: a suite measured on a device
+DERIVED_MARK = "†"
+DERIVED_NOTE = (
+    f"{DERIVED_MARK} not measured interleaved with the teacher: ratio of the medians of two separately measured "
+    "rows (less robust to machine noise)."
+)
+
+
+def num(v: Any) -> float:
+    """A cell as float, NaN when missing or not a number."""
+    if is_missing(v):
+        return float("nan")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def model_accuracy(rows: pd.DataFrame, model: str) -> tuple[float, float, float]:
+    """A model's accuracy and 95% interval: the first row of that model that carries one (NaNs if none)."""
+    sub = rows[(rows["model"] == model) & rows["accuracy"].map(lambda v: not is_missing(v))]
+    if sub.empty:
+        return (float("nan"),) * 3
+    r = sub.iloc[0]
+    return num(r["accuracy"]), num(r["accuracy_ci_low"]), num(r["accuracy_ci_high"])
+
+
+def model_kinds(rows: pd.DataFrame) -> dict[str, str | None]:
+    """Model name -> model kind, from the rows."""
+    out: dict[str, str | None] = {}
+    for m, k in zip(rows["model"], rows["model_kind"], strict=True):
+        if m not in out or out[m] is None:
+            out[m] = None if is_missing(k) else str(k)
+    return out
+
+
+def teachers(rows: pd.DataFrame) -> list[str]:
+    """The teacher models in the rows."""
+    return sorted({m for m, k in model_kinds(rows).items() if k == "teacher"})
+
+
+def teacher_of(rows: pd.DataFrame, model: str) -> str | None:
+    """The teacher a model is compared with: its rows' teacher_model, else the only teacher of the rows."""
+    tm = rows.loc[rows["model"] == model, "teacher_model"]
+    tm = [t for t in tm if not is_missing(t)]
+    if tm:
+        return str(tm[0])
+    ts = teachers(rows)
+    return ts[0] if len(ts) == 1 else None
+
+
+def _ok(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["status"].map(lambda s: is_missing(s) or s == "ok")]
+
+
+def speedup_for(rows: pd.DataFrame, model: str, scenario: str, batch: int) -> dict[str, Any]:
+    """Speedup of `model` over its teacher at (scenario, batch): measured (interleaved) if the row has it,
+    else derived from the two rows' medians and marked derived; NaN when neither is possible."""
+    out = {
+        "value": float("nan"),
+        "low": float("nan"),
+        "high": float("nan"),
+        "bound": float("nan"),
+        "derived": False,
+    }
+    ok = _ok(rows)
+    sel = ok[(ok["model"] == model) & (ok["scenario"] == scenario) & (ok["batch_size"] == batch)]
+    if sel.empty:
+        return out
+    r = sel.iloc[0]
+    out["bound"] = num(r["speedup_flop_bound"])
+    if not is_missing(r["speedup_vs_teacher"]):
+        out.update(
+            value=num(r["speedup_vs_teacher"]), low=num(r["speedup_ci_low"]), high=num(r["speedup_ci_high"])
+        )
+        return out
+    teacher = teacher_of(rows, model)
+    if teacher == model:
+        out.update(value=1.0)
+        return out
+    t = ok[(ok["model"] == teacher) & (ok["scenario"] == scenario) & (ok["batch_size"] == batch)]
+    if not t.empty:
+        tp, mp = num(t.iloc[0]["latency_p50_ms"]), num(r["latency_p50_ms"])
+        if tp > 0 and mp > 0:
+            out.update(value=tp / mp, derived=True)
+    return out
+
+
+def _fmt_speedup(s: dict[str, Any], with_bound: bool = True) -> str:
+    if np.isnan(s["value"]):
+        text = NA
+    elif s["derived"]:
+        text = fixed(s["value"], 1, "x") + DERIVED_MARK
+    else:
+        text = speedup_ci(s["value"], s["low"], s["high"])
+    if with_bound:
+        text += f" ({fixed(s['bound'], 1, 'x')})" if not np.isnan(s["bound"]) else " (n/a)"
+    return text
+
+
+def reference_batch(rows: pd.DataFrame) -> int | None:
+    """The batch size the paper-style table quotes: the largest one with online or cached rows."""
+    sel = rows[rows["scenario"].isin(["online", "cached"])]
+    bs = [int(b) for b in sel["batch_size"] if not is_missing(b)]
+    return max(bs) if bs else None
+
+
+# ---------------------------------------------------------------- headline
+
+
+def headline(rows: pd.DataFrame, palette: Palette) -> list[str]:
+    """Plain-word answers for one group (suite, device, dtype): accuracy given up, speedup, memory saved."""
+    out: list[str] = []
+    kinds = model_kinds(rows)
+    students = [m for m in palette.order(list(kinds)) if kinds[m] == "student"]
+    if not students:
+        return ["No student rows in this run: nothing to compare with the teacher."]
+    for s in students:
+        teacher = teacher_of(rows, s)
+        if teacher is None:
+            out.append(f"**{s}**: no teacher rows to compare with.")
+            continue
+        ta, tlo, thi = model_accuracy(rows, teacher)
+        sa, slo, shi = model_accuracy(rows, s)
+        if np.isnan(ta) or np.isnan(sa):
+            acc = f"accuracy n/a (teacher {pct(ta)}, student {pct(sa)})"
+        else:
+            gap = 100 * (ta - sa)
+            word = "gives up" if gap > 0 else "gains"
+            acc = (
+                f"{word} {abs(gap):.1f} accuracy points against {teacher} "
+                f"({pct_ci(sa, slo, shi)} vs {pct_ci(ta, tlo, thi)})"
+            )
+        parts = [f"**{s}** {acc}"]
+        for scenario, words in (("cached", "with cached image features"), ("online", "online (no cache)")):
+            sub = rows[(rows["model"] == s) & (rows["scenario"] == scenario)]
+            batches = sorted(int(b) for b in sub["batch_size"] if not is_missing(b))
+            vals = [(b, speedup_for(rows, s, scenario, b)) for b in batches]
+            vals = [(b, v) for b, v in vals if not np.isnan(v["value"])]
+            if not vals:
+                parts.append(f"speedup {words} n/a")
+                continue
+            lo, hi = min(vals, key=lambda x: x[1]["value"]), max(vals, key=lambda x: x[1]["value"])
+            derived = DERIVED_MARK if any(v["derived"] for _, v in vals) else ""
+            bound = vals[-1][1]["bound"]
+            bound_txt = f", FLOP bound {fixed(bound, 1, 'x')}" if not np.isnan(bound) else ""
+            if lo[0] == hi[0]:
+                parts.append(
+                    f"is {fixed(lo[1]['value'], 1, 'x')}{derived} faster {words} (batch {lo[0]}{bound_txt})"
+                )
+            else:
+                parts.append(
+                    f"is {fixed(lo[1]['value'], 1, 'x')} (batch {lo[0]}) to {fixed(hi[1]['value'], 1, 'x')} "
+                    f"(batch {hi[0]}){derived} faster {words}{bound_txt.replace(', ', ' (', 1) + ')' if bound_txt else ''}"
+                )
+        parts.append(_memory_sentence(rows, s, teacher))
+        out.append(", ".join(parts[:-1]) + "; " + parts[-1] + ".")
+    return out
+
+
+def _memory_sentence(rows: pd.DataFrame, student: str, teacher: str) -> str:
+    ok = _ok(rows)
+    for scenario in ("cached", "online"):
+        s = ok[(ok["model"] == student) & (ok["scenario"] == scenario)]
+        t = ok[(ok["model"] == teacher) & (ok["scenario"] == scenario)]
+        common = sorted(
+            set(s.loc[s["peak_mem_mb"].map(lambda v: not is_missing(v)), "batch_size"])
+            & set(t.loc[t["peak_mem_mb"].map(lambda v: not is_missing(v)), "batch_size"])
+        )
+        if not common:
+            continue
+        b = common[-1]
+        sm = num(s.loc[s["batch_size"] == b, "peak_mem_mb"].iloc[0])
+        tm = num(t.loc[t["batch_size"] == b, "peak_mem_mb"].iloc[0])
+        if sm <= 0 or tm <= 0:
+            continue
+        if sm <= tm:
+            return (
+                f"peak memory {sig(sm)} MB vs {sig(tm)} MB for the teacher ({tm / sm:.1f}x lighter, "
+                f"{scenario}, batch {b})"
+            )
+        return (
+            f"peak memory {sig(sm)} MB vs {sig(tm)} MB for the teacher ({sm / tm:.1f}x heavier, "
+            f"{scenario}, batch {b})"
+        )
+    return "peak memory n/a"
+
+
+# ---------------------------------------------------------------- tables
+
+
+def paper_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
+    """Per model: accuracy (95% CI) and speedup over the teacher online and cached, each next to its FLOP bound,
+    at the reference batch size (the largest measured)."""
+    b = reference_batch(rows)
+    kinds = model_kinds(rows)
+    recs = []
+    for m in palette.order(list(kinds)):
+        a, lo, hi = model_accuracy(rows, m)
+        rec = {"model": m, "kind": kinds[m] or NA, "accuracy (95% CI)": pct_ci(a, lo, hi)}
+        for scenario in ("online", "cached"):
+            col = f"speedup {scenario} @ batch {b} (FLOP bound)"
+            if kinds[m] == "teacher":
+                rec[col] = "1.0x (reference)"
+            elif b is None:
+                rec[col] = NA
+            else:
+                rec[col] = _fmt_speedup(speedup_for(rows, m, scenario, b))
+        recs.append(rec)
+    return pd.DataFrame.from_records(recs)
+
+
+FULL_COLUMNS = {
+    "model": "model",
+    "scenario": "scenario",
+    "batch_size": "batch",
+    "gallery_size": "gallery",
+    "status": "status",
+    "accuracy": "accuracy",
+    "latency_p50_ms": "p50 ms",
+    "latency_iqr_ms": "IQR ms",
+    "latency_p90_ms": "p90 ms",
+    "latency_p99_ms": "p99 ms",
+    "latency_mean_ms": "mean ms",
+    "n_samples": "n",
+    "throughput_per_s": "items/s",
+    "peak_mem_mb": "peak mem MB",
+    "energy_j_per_item": "J/item",
+    "speedup_vs_teacher": "speedup [95% CI]",
+    "speedup_flop_bound": "FLOP bound",
+    "cache_build_s": "cache build s",
+}
+
+
+def full_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
+    """Every row, formatted: 3 significant figures for times, memory and throughput, 1 decimal for speedups,
+    accuracy in % with 1 decimal."""
+    order = {m: i for i, m in enumerate(palette.order(list(set(rows["model"]))))}
+    scen = {"online": 0, "cached": 1, "gallery": 2}
+    rows = rows.assign(
+        _m=rows["model"].map(order),
+        _s=rows["scenario"].map(lambda s: scen.get(s, 9)),
+        _g=rows["gallery_size"].map(num).fillna(0),
+    ).sort_values(["_s", "batch_size", "_g", "_m"], kind="stable")
+    recs = []
+    for _, r in rows.iterrows():
+        rec: dict[str, str] = {}
+        for col, label in FULL_COLUMNS.items():
+            v = r.get(col)
+            if col in ("model", "scenario", "status"):
+                rec[label] = NA if is_missing(v) else str(v)
+            elif col in ("batch_size", "gallery_size", "n_samples"):
+                rec[label] = (
+                    "" if is_missing(v) and col == "gallery_size" else (NA if is_missing(v) else str(int(v)))
+                )
+            elif col == "accuracy":
+                rec[label] = pct(v)
+            elif col == "speedup_vs_teacher":
+                rec[label] = speedup_ci(v, r.get("speedup_ci_low"), r.get("speedup_ci_high"))
+            elif col == "speedup_flop_bound":
+                rec[label] = fixed(v, 1, "x")
+            else:
+                rec[label] = sig(v)
+        recs.append(rec)
+    return pd.DataFrame.from_records(recs, columns=list(FULL_COLUMNS.values()))
+
+
+ENV_KEYS = (
+    ("device", "device"),
+    ("gpu", "GPU"),
+    ("driver", "driver"),
+    ("cpu", "CPU"),
+    ("threads", "threads"),
+    ("torch", "torch"),
+    ("transformers", "transformers"),
+    ("python", "python"),
+    ("git_commit", "git commit"),
+    ("seed", "seed"),
+    ("schema_version", "schema version"),
+)
+
+
+def env_table(runs: list[Run]) -> pd.DataFrame:
+    """The environment of each run side by side: one column per run, plus the dtypes its rows were measured in."""
+    data: dict[str, list[str]] = {"": [label for _, label in ENV_KEYS] + ["dtypes", "rows"]}
+    for i, run in enumerate(runs):
+        env = run.environment
+        vals = [NA if is_missing(env.get(k)) else str(env.get(k)) for k, _ in ENV_KEYS]
+        dtypes = sorted({str(d) for d in run.rows["dtype"] if not is_missing(d)})
+        vals += [", ".join(dtypes) or NA, str(len(run.rows))]
+        data[run_label(runs, i)] = vals
+    return pd.DataFrame(data)
+
+
+def run_label(runs: list[Run], i: int) -> str:
+    """A unique label for run i: its folder name, numbered when two runs share a name."""
+    names = [r.label for r in runs]
+    return names[i] if names.count(names[i]) == 1 else f"{names[i]} #{i + 1}"
+
+
+def comparison_table(runs: list[Run]) -> pd.DataFrame:
+    """Several runs side by side, one line per matched row, keyed by schema.MATCH_KEYS; a key that is constant
+    within each run (device, often dtype) moves to the run's column header so CPU and GPU rows line up."""
+    frames = []
+    for i, run in enumerate(runs):
+        frames.append(run.rows.assign(run=run_label(runs, i)))
+    rows = pd.concat(frames, ignore_index=True)
+    varying = [k for k in ("device", "dtype") if any(r.rows[k].nunique(dropna=False) > 1 for r in runs)]
+    keys = [k for k in MATCH_KEYS if k not in ("device", "dtype")] + varying
+    rows["_key"] = rows[keys].apply(lambda r: tuple(None if is_missing(v) else v for v in r), axis=1)
+    labels = [run_label(runs, i) for i in range(len(runs))]
+    heads = {}
+    for i, run in enumerate(runs):
+        desc = [
+            ", ".join(sorted({str(v) for v in run.rows[k] if not is_missing(v)}))
+            for k in ("device", "dtype")
+            if k not in varying
+        ]
+        heads[labels[i]] = f"{labels[i]} ({'; '.join(d for d in desc if d)})" if any(desc) else labels[i]
+    order = list(dict.fromkeys(rows["_key"]))
+    recs = []
+    for key in order:
+        rec = {
+            k: ("" if v is None else str(int(v)) if isinstance(v, float) else str(v))
+            for k, v in zip(keys, key, strict=True)
+        }
+        base_p50 = float("nan")
+        for j, label in enumerate(labels):
+            sel = rows[(rows["run"] == label) & (rows["_key"] == key)]
+            h = heads[label]
+            if sel.empty:
+                rec[f"{h}: p50 ms"] = rec[f"{h}: speedup"] = rec[f"{h}: accuracy"] = NA
+                if j:
+                    rec[f"{h}: p50 / first"] = NA
+                continue
+            r = sel.iloc[0]
+            p50 = num(r["latency_p50_ms"])
+            rec[f"{h}: p50 ms"] = sig(p50)
+            rec[f"{h}: speedup"] = fixed(r["speedup_vs_teacher"], 1, "x")
+            rec[f"{h}: accuracy"] = pct(r["accuracy"])
+            if j == 0:
+                base_p50 = p50
+            else:
+                rec[f"{h}: p50 / first"] = (
+                    f"{p50 / base_p50:.2f}" if base_p50 > 0 and not np.isnan(p50) else NA
+                )
+        recs.append(rec)
+    return pd.DataFrame.from_records(recs)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A DataFrame of strings as a GitHub-flavoured markdown table (no tabulate dependency)."""
+
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    cols = [cell(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(cell(v) for v in r) + " |")
+    return "\n".join(lines)
+
+
+def to_html(df: pd.DataFrame) -> str:
+    """A DataFrame of strings as an HTML table (escaped)."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for _, r in df.iterrows()
+    )
+    return f'<table class="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
