@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dde_bench.bench.commands import run_cmd
 from dde_bench.data.commands import data_app
 from dde_bench.errors import UserError
 from dde_bench.report.commands import compare_cmd, gate_cmd, report_cmd
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+app.command("run")(run_cmd)
 app.add_typer(data_app, name="data")
 
 app.command("report")(report_cmd)

@@ -32,7 +32,7 @@ from rich.table import Table
 from dde_bench.bench import timing
 from dde_bench.bench.energy import EnergyMeter
 from dde_bench.bench.flops import count_flops, model_flop_utilisation
-from dde_bench.bench.guard import is_oom, free_memory
+from dde_bench.bench.guard import free_memory, is_oom
 from dde_bench.bench.memory import MemoryTracker
 from dde_bench.bench.results import ResultWriter, match_key
 from dde_bench.bench.stats import mean_ci, speedup
@@ -96,12 +96,16 @@ class Suite:
 
         self.card = card
         self.task = card.get("task", card["name"])
-        console.print(f"[bold]data[/]: preparing {card['name']} ({(card.get('data') or {}).get('source', 'synthetic')})")
+        console.print(
+            f"[bold]data[/]: preparing {card['name']} ({(card.get('data') or {}).get('source', 'synthetic')})"
+        )
         self.data_dir = ensure_data(card, Path(cfg.cache_root), progress=True)
         split = card.get("eval_split") or SPLITS[self.task][1]
         vocab = self.data_dir / "vocab.txt"
         if not vocab.exists():
-            raise UserError(f"{self.data_dir}: no vocab.txt (tiny models need the suite's WordPiece vocabulary)")
+            raise UserError(
+                f"{self.data_dir}: no vocab.txt (tiny models need the suite's WordPiece vocabulary)"
+            )
         self.tokenizer = load_tokenizer(self.data_dir)
         opts = {}
         self.answer_vocab = None
@@ -140,7 +144,9 @@ def _card_batch_sizes(card: dict) -> list[int] | None:
     return [int(b) for b in bs] if bs else None
 
 
-def build_entries(suite: Suite, names: list[str], cfg: RunConfig, device: torch.device, console: Console) -> list[Entry]:
+def build_entries(
+    suite: Suite, names: list[str], cfg: RunConfig, device: torch.device, console: Console
+) -> list[Entry]:
     """Instantiate every model of the run: trained tiny models, checkpoints, random paper-size models, and
     transformers reference rows carrying another model's weights."""
     cards = {n: model_card(n) for n in names}
@@ -155,17 +161,35 @@ def build_entries(suite: Suite, names: list[str], cfg: RunConfig, device: torch.
         if kind == "hf-vilt":
             src = card.get("same_weights_as")
             if src not in entries:
-                raise UserError(f"model card {name!r}: same_weights_as {src!r} must be a teacher in the same run")
+                raise UserError(
+                    f"model card {name!r}: same_weights_as {src!r} must be a teacher in the same run"
+                )
             base = entries[src]
             hf = teacher_to_hf(base.model)
-            entries[name] = Entry(name, kind, size, hf, teacher=src, trained=base.trained,
-                                  batch_sizes=base.batch_sizes, paper_inputs=base.paper_inputs,
-                                  note=f"transformers {type(hf).__name__} with {src}'s weights")
+            entries[name] = Entry(
+                name,
+                kind,
+                size,
+                hf,
+                teacher=src,
+                trained=base.trained,
+                batch_sizes=base.batch_sizes,
+                paper_inputs=base.paper_inputs,
+                note=f"transformers {type(hf).__name__} with {src}'s weights",
+            )
             continue
         weights = str(card.get("weights", "random"))
         model, trained, note = _load_or_build(suite, card, kind, size, weights, cfg, device, console)
-        entries[name] = Entry(name, kind, size, model, trained=trained, batch_sizes=_card_batch_sizes(card),
-                              paper_inputs=(weights == "random" and size != "tiny"), note=note)
+        entries[name] = Entry(
+            name,
+            kind,
+            size,
+            model,
+            trained=trained,
+            batch_sizes=_card_batch_sizes(card),
+            paper_inputs=(weights == "random" and size != "tiny"),
+            note=note,
+        )
     # each student / reference is compared with the teacher of its size (or the one its card names)
     teachers = {e.size: e.name for e in entries.values() if e.kind == "teacher"}
     for e in entries.values():
@@ -177,8 +201,16 @@ def build_entries(suite: Suite, names: list[str], cfg: RunConfig, device: torch.
     return [entries[n] for n in names]
 
 
-def _load_or_build(suite: Suite, card: dict, kind: str, size: str, weights: str, cfg: RunConfig,
-                   device: torch.device, console: Console):
+def _load_or_build(
+    suite: Suite,
+    card: dict,
+    kind: str,
+    size: str,
+    weights: str,
+    cfg: RunConfig,
+    device: torch.device,
+    console: Console,
+):
     from dde_bench.modeling.checkpoint import load_student, load_teacher
 
     cls = Teacher if kind == "teacher" else Student
@@ -191,8 +223,9 @@ def _load_or_build(suite: Suite, card: dict, kind: str, size: str, weights: str,
     if weights == "trained":
         from dde_bench.training import ensure_trained
 
-        path = ensure_trained(suite.card, card, Path(cfg.cache_root), device=str(device), progress=True,
-                              quick=cfg.quick)
+        path = ensure_trained(
+            suite.card, card, Path(cfg.cache_root), device=str(device), progress=True, quick=cfg.quick
+        )
         note = f"trained with the {'quick ' if cfg.quick else ''}recipe ({path})"
     else:
         path = Path(weights).expanduser()
@@ -214,7 +247,11 @@ def _inputs(entry: Entry, suite: Suite, batch: int, device, dtype, seed: int) ->
         ids = torch.randint(1000, min(vocab, 30000), (batch, PAPER_TEXT_LEN), generator=g)
         ids[:, 0] = 101
         am = torch.ones(batch, PAPER_TEXT_LEN, dtype=torch.long)
-        shape = (batch, n_img, 3, PAPER_IMAGE, PAPER_IMAGE) if n_img == 2 else (batch, 3, PAPER_IMAGE, PAPER_IMAGE)
+        shape = (
+            (batch, n_img, 3, PAPER_IMAGE, PAPER_IMAGE)
+            if n_img == 2
+            else (batch, 3, PAPER_IMAGE, PAPER_IMAGE)
+        )
         pv = torch.randn(shape, generator=g)
         pm = torch.ones(shape[:-3] + shape[-2:], dtype=torch.long)
     else:
@@ -266,9 +303,13 @@ def evaluate(entry: Entry, suite: Suite, device, dtype, batch_size: int = 64) ->
     out: dict[str, Any] = {}
     if suite.task == "vqa":
         vocab = suite.answer_vocab
-        scores = [metrics.vqa_accuracy(vocab[p], e.answers or []) for p, e in zip(pred, suite.examples, strict=True)]
+        scores = [
+            metrics.vqa_accuracy(vocab[p], e.answers or []) for p, e in zip(pred, suite.examples, strict=True)
+        ]
         out["accuracy_metric"] = "vqa_accuracy"
-        out["_predictions"] = [(e.meta.get("question_id", e.id), vocab[p]) for p, e in zip(pred, suite.examples, strict=True)]
+        out["_predictions"] = [
+            (e.meta.get("question_id", e.id), vocab[p]) for p, e in zip(pred, suite.examples, strict=True)
+        ]
     else:
         labels = [e.label for e in suite.examples]
         scores = [float(p == y) for p, y in zip(pred, labels, strict=True)]
@@ -313,7 +354,9 @@ class Runner:
             if d == "fp16" and self.device.type == "cpu":
                 raise UserError("fp16 is a CUDA dtype here; on CPU use fp32 or bf16")
         quick = cfg.quick
-        self.batch_sizes = cfg.batch_sizes or ([1, 8] if quick else list(self.card.get("batch_sizes", [1, 8, 32])))
+        self.batch_sizes = cfg.batch_sizes or (
+            [1, 8] if quick else list(self.card.get("batch_sizes", [1, 8, 32]))
+        )
         default_gallery = [10, 100, 1000, 10000] if quick else [10, 100, 1000, 10000, 100000]
         self.gallery_sizes = cfg.gallery_sizes or list(self.card.get("gallery_sizes", default_gallery))
         self.teacher_gallery_max = int(self.card.get("teacher_gallery_max", 100 if quick else 1000))
@@ -337,7 +380,11 @@ class Runner:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(cfg.out) if cfg.out else REPO_ROOT / "reports" / "runs" / f"{cfg.suite}-{self.device.type}-{stamp}"
+        self.run_dir = (
+            Path(cfg.out)
+            if cfg.out
+            else REPO_ROOT / "reports" / "runs" / f"{cfg.suite}-{self.device.type}-{stamp}"
+        )
 
     # -- rows ---------------------------------------------------------------------------------------
     def _base_row(self, e: Entry, scenario: str, batch: int, dtype: str, gallery: int | None = None) -> dict:
@@ -359,8 +406,17 @@ class Runner:
         }
 
     def _done(self, e: Entry, scenario: str, batch: int, dtype: str, gallery: int | None = None) -> bool:
-        key = match_key({"suite": self.cfg.suite, "model": e.name, "scenario": scenario, "batch_size": batch,
-                         "gallery_size": gallery, "dtype": dtype, "device": str(self.device)})
+        key = match_key(
+            {
+                "suite": self.cfg.suite,
+                "model": e.name,
+                "scenario": scenario,
+                "batch_size": batch,
+                "gallery_size": gallery,
+                "dtype": dtype,
+                "device": str(self.device),
+            }
+        )
         return key in self.done
 
     def run(self) -> Path:
@@ -369,9 +425,16 @@ class Runner:
         self.suite = Suite(self.card, cfg, self.console)
         entries = build_entries(self.suite, self.names, cfg, self.device, self.console)
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-        settings.update(scenarios=self.scenarios, dtypes=self.dtypes, batch_sizes=self.batch_sizes,
-                        gallery_sizes=self.gallery_sizes, models=self.names, timing_rule=self.rule,
-                        data_dir=str(self.suite.data_dir), eval_split=self.suite.split)
+        settings.update(
+            scenarios=self.scenarios,
+            dtypes=self.dtypes,
+            batch_sizes=self.batch_sizes,
+            gallery_sizes=self.gallery_sizes,
+            models=self.names,
+            timing_rule=self.rule,
+            data_dir=str(self.suite.data_dir),
+            eval_split=self.suite.split,
+        )
         self.writer = ResultWriter(self.run_dir, settings, device=self.device, resume=cfg.resume)
         self.done = self.writer.done_keys()
         self.console.print(f"[bold]run folder[/]: {self.run_dir}")
@@ -398,7 +461,9 @@ class Runner:
     def _accuracy(self, entries: list[Entry], dtype_name: str, dtype) -> None:
         for e in entries:
             if e.trained:
-                self.console.print(f"[bold]accuracy[/]: {e.name} on {self.suite.split} ({len(self.suite.examples)} examples)")
+                self.console.print(
+                    f"[bold]accuracy[/]: {e.name} on {self.suite.split} ({len(self.suite.examples)} examples)"
+                )
             acc = evaluate(e, self.suite, self.device, dtype)
             _write_predictions(self.run_dir, e, self.suite, acc)
             self.accuracy[e.name] = acc
@@ -407,7 +472,9 @@ class Runner:
     def _groups(self, entries: list[Entry], scenario: str):
         """Teachers with the rows compared against them: measured together, interleaved."""
         for t in [e for e in entries if e.kind == "teacher"]:
-            members = [t] + [e for e in entries if e.teacher == t.name and (e.kind == "student" or scenario == "online")]
+            members = [t] + [
+                e for e in entries if e.teacher == t.name and (e.kind == "student" or scenario == "online")
+            ]
             sizes = t.batch_sizes or self.batch_sizes
             yield t, members, sizes
         for e in entries:  # students without a teacher in this run are measured alone
@@ -429,8 +496,14 @@ class Runner:
                         raise
                     free_memory()
                     status = "oom" if is_oom(exc) else "error"
-                    rows = [dict(self._base_row(e, scenario, batch, dtype_name), status=status,
-                                 error=str(exc).splitlines()[0][:300]) for e in members]
+                    rows = [
+                        dict(
+                            self._base_row(e, scenario, batch, dtype_name),
+                            status=status,
+                            error=str(exc).splitlines()[0][:300],
+                        )
+                        for e in members
+                    ]
                     rows = [(r, None) for r in rows]
                 for row, samples in rows:
                     if not self._done_row(row):
@@ -453,14 +526,23 @@ class Runner:
             m = meas[e.name]
             row = self._base_row(e, scenario, batch, dtype_name)
             row.update(m.to_row())
-            row.update(status="ok", flops_per_item=flops[e.name],
-                       flop_utilisation=model_flop_utilisation(flops[e.name], m.throughput_per_s, self.device, dtype))
+            row.update(
+                status="ok",
+                flops_per_item=flops[e.name],
+                flop_utilisation=model_flop_utilisation(
+                    flops[e.name], m.throughput_per_s, self.device, dtype
+                ),
+            )
             row.update(self._memory_energy(fns[e.name], batch))
             row["stage_ms"] = self._stages(e, x[e.name], scenario, m)
             if teacher is not None and e is not teacher:
                 s = speedup(meas[teacher.name].samples_s, m.samples_s, seed=seed)
-                row.update(speedup_vs_teacher=s.ratio, speedup_ci_low=s.ci_low, speedup_ci_high=s.ci_high,
-                           speedup_flop_bound=flops[teacher.name] / flops[e.name] if flops[e.name] else None)
+                row.update(
+                    speedup_vs_teacher=s.ratio,
+                    speedup_ci_low=s.ci_low,
+                    speedup_ci_high=s.ci_high,
+                    speedup_flop_bound=flops[teacher.name] / flops[e.name] if flops[e.name] else None,
+                )
             if e.kind == "student" and scenario == "cached":
                 row.update(self._cache_cost(e, dtype))
             out.append((row, m.samples_ms))
@@ -472,8 +554,15 @@ class Runner:
         row = mem.report.to_row()
         meter = EnergyMeter(self.device)
         if self.device.type == "cuda":
-            m = timing.measure(fn, device=self.device, items_per_call=batch, warmup_iters=1, min_iters=5,
-                               min_time_s=1.0, window=meter)
+            m = timing.measure(
+                fn,
+                device=self.device,
+                items_per_call=batch,
+                warmup_iters=1,
+                min_iters=5,
+                min_time_s=1.0,
+                window=meter,
+            )
             row["energy_j_per_item"] = meter.report.per_item(m.items)
         else:
             with meter:
@@ -514,7 +603,11 @@ class Runner:
             else:
                 n_items = len(self.suite.dataset)
                 for b in self.suite.dataset.batches(64):
-                    feats.append(e.model.encode_images(b["pixel_values"].to(self.device, dtype), b["pixel_mask"].to(self.device)))
+                    feats.append(
+                        e.model.encode_images(
+                            b["pixel_values"].to(self.device, dtype), b["pixel_mask"].to(self.device)
+                        )
+                    )
             _sync(self.device)
             build = time.perf_counter() - t0
             f = torch.cat(feats)
@@ -541,13 +634,17 @@ class Runner:
                 todo = [e for e in members if not self._done(e, "gallery", n, dtype_name, n)]
                 if not todo:
                     continue
-                task = progress.add_task(f"gallery N={n} {dtype_name}: " + ", ".join(e.name for e in members), total=None)
+                task = progress.add_task(
+                    f"gallery N={n} {dtype_name}: " + ", ".join(e.name for e in members), total=None
+                )
                 fns, flops, skipped = {}, {}, {}
                 for e in members:
                     fn = self._gallery_call(e, n, dtype)
                     if fn is None:
-                        skipped[e.name] = (f"not measured: {n} teacher passes exceed teacher_gallery_max="
-                                           f"{self.teacher_gallery_max} (one query would take minutes)")
+                        skipped[e.name] = (
+                            f"not measured: {n} teacher passes exceed teacher_gallery_max="
+                            f"{self.teacher_gallery_max} (one query would take minutes)"
+                        )
                         continue
                     fns[e.name] = fn
                 rule = dict(self.rule, min_iters=3, min_time_s=min(self.rule["min_time_s"], 0.5))
@@ -558,8 +655,13 @@ class Runner:
                         raise
                     free_memory()
                     for e in members:
-                        self.writer.append(dict(self._base_row(e, "gallery", n, dtype_name, n), status="oom",
-                                                error=str(exc).splitlines()[0][:300]))
+                        self.writer.append(
+                            dict(
+                                self._base_row(e, "gallery", n, dtype_name, n),
+                                status="oom",
+                                error=str(exc).splitlines()[0][:300],
+                            )
+                        )
                     progress.remove_task(task)
                     continue
                 for name, fn in fns.items():
@@ -577,7 +679,9 @@ class Runner:
                         if teacher is not None and teacher.name in meas:
                             tm = meas[teacher.name]
                             s = speedup(tm.samples_s, m.samples_s, seed=self.cfg.seed)
-                            row.update(speedup_vs_teacher=s.ratio, speedup_ci_low=s.ci_low, speedup_ci_high=s.ci_high)
+                            row.update(
+                                speedup_vs_teacher=s.ratio, speedup_ci_low=s.ci_low, speedup_ci_high=s.ci_high
+                            )
                             if flops.get(teacher.name) and flops[e.name]:
                                 row["speedup_flop_bound"] = flops[teacher.name] / flops[e.name]
                             row["break_even_queries"] = _break_even(row, tm.median_s, m.median_s, n)
@@ -626,11 +730,8 @@ class Runner:
         return call
 
     def _report(self) -> None:
-        try:
-            from dde_bench.report import render_report
-        except ImportError:
-            self.console.print("report: not available in this build")
-            return
+        from dde_bench.report.render import render_report
+
         out = render_report([self.run_dir], self.run_dir / "report")
         self.console.print(f"[bold]report[/]: {out}")
 
@@ -668,7 +769,9 @@ def _point_latest(run_dir: Path, suite: str) -> None:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+    )
 
 
 def _fmt(v, spec: str) -> str:
@@ -679,18 +782,34 @@ def _fmt(v, spec: str) -> str:
 
 def print_summary(rows: list[dict], console: Console) -> None:
     t = Table(title="results (latency per call; speedup = teacher median / model median, interleaved)")
-    for col in ("model", "scenario", "batch", "p50 ms", "items/s", "speedup [95% CI]", "FLOP bound", "accuracy", "status"):
+    for col in (
+        "model",
+        "scenario",
+        "batch",
+        "p50 ms",
+        "items/s",
+        "speedup [95% CI]",
+        "FLOP bound",
+        "accuracy",
+        "status",
+    ):
         t.add_column(col)
     for r in rows:
         if r.get("scenario") == "gallery" and r.get("status") != "ok":
             continue
         sp = r.get("speedup_vs_teacher")
-        sp_s = "" if sp is None else f"{sp:.2f}x [{_fmt(r.get('speedup_ci_low'), '.2f')}, {_fmt(r.get('speedup_ci_high'), '.2f')}]"
+        sp_s = (
+            ""
+            if sp is None
+            else f"{sp:.2f}x [{_fmt(r.get('speedup_ci_low'), '.2f')}, {_fmt(r.get('speedup_ci_high'), '.2f')}]"
+        )
         acc = r.get("accuracy")
         t.add_row(
             r["model"],
             r["scenario"],
-            str(r.get("gallery_size") or r.get("batch_size")) if r["scenario"] == "gallery" else str(r["batch_size"]),
+            str(r.get("gallery_size") or r.get("batch_size"))
+            if r["scenario"] == "gallery"
+            else str(r["batch_size"]),
             _fmt(r.get("latency_p50_ms"), ".3g"),
             _fmt(r.get("throughput_per_s"), ".4g"),
             sp_s,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from dde_bench.modeling.config import TASK_NUM_LABELS, VLConfig
 from dde_bench.modeling.transformer import EncoderOutput, VLTransformer
@@ -163,7 +164,8 @@ class Student(nn.Module):
 
     # -- the three stages -------------------------------------------------------------------------------
     def encode_text_full(self, input_ids, attention_mask, explicit: bool = False) -> EncoderOutput:
-        return self.text_tower(input_ids, attention_mask, explicit=explicit)
+        with record_function("student.text_tower"):
+            return self.text_tower(input_ids, attention_mask, explicit=explicit)
 
     def encode_images_full(self, pixel_values, pixel_mask=None, explicit: bool = False) -> EncoderOutput:
         """Image tower over B images, or 2B for NLVR2 ([left; right], modality types 1 and 2)."""
@@ -188,11 +190,12 @@ class Student(nn.Module):
 
     def score(self, text_feats: torch.Tensor, image_feats: torch.Tensor) -> torch.Tensor:
         """Fusion + head. text_feats (B, h); image_feats (B, h) or (B, 2, h) for NLVR2. Returns logits."""
-        if self.task == "nlvr2":
-            t = text_feats[:, None, :].expand(-1, 2, -1)
-            fused = self.fusion(torch.cat([t, image_feats], dim=-1))  # (B, 2, h)
-            return self.head(fused.flatten(1))
-        return self.head(self.fusion(torch.cat([text_feats, image_feats], dim=-1)))
+        with record_function("student.fusion_head"):
+            if self.task == "nlvr2":
+                t = text_feats[:, None, :].expand(-1, 2, -1)
+                fused = self.fusion(torch.cat([t, image_feats], dim=-1))  # (B, 2, h)
+                return self.head(fused.flatten(1))
+            return self.head(self.fusion(torch.cat([text_feats, image_feats], dim=-1)))
 
     # -- whole model ------------------------------------------------------------------------------------
     def forward_full(

@@ -1,0 +1,82 @@
+"""`dde-bench run`: the benchmark harness's command (a thin layer over dde_bench.bench.runner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dde_bench.errors import UserError
+
+
+def _ints(s: str | None, what: str) -> list[int] | None:
+    if not s:
+        return None
+    try:
+        vals = [int(v) for v in s.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated whole numbers, got {s!r}") from None
+    if any(v <= 0 for v in vals):
+        raise UserError(f"{what} must be positive, got {s!r}")
+    return vals
+
+
+def _names(s: str | None) -> list[str] | None:
+    return [v for v in s.replace(" ", "").split(",") if v] if s else None
+
+
+def run_cmd(
+    suite: str = typer.Option(
+        "nlvr2", "--suite", "-s", help="suite name (see `dde-bench list`): nlvr2, vqa, snli-ve"
+    ),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, or cuda[:N]"),
+    models: str = typer.Option(None, help="comma-separated model cards (default: the suite's list)"),
+    batch_sizes: str = typer.Option(
+        None, "--batch-sizes", help="comma-separated batch sizes (default: the suite's)"
+    ),
+    scenarios: str = typer.Option(None, help="comma-separated: online, cached, gallery (default: all)"),
+    dtype: str = typer.Option(None, "--dtype", help="comma-separated: fp32, bf16, fp16 (fp16 on CUDA only)"),
+    gallery_sizes: str = typer.Option(None, "--gallery-sizes", help="comma-separated gallery sizes N"),
+    out: Path = typer.Option(None, help="run folder (default: reports/runs/<suite>-<device>-<time>)"),
+    quick: bool = typer.Option(
+        False, help="tiny models only, batch sizes 1 and 8, shorter timing: for tests and smoke runs"
+    ),
+    resume: bool = typer.Option(
+        False, help="continue an interrupted run in --out, skipping rows already measured"
+    ),
+    threads: int = typer.Option(None, help="CPU threads (torch.set_num_threads); default: all cores"),
+    seed: int = typer.Option(0, help="seed for inputs, random weights and bootstrap intervals"),
+    min_time: float = typer.Option(
+        None, "--min-time", help="minimum measured seconds per row (with --min-iters)"
+    ),
+    min_iters: int = typer.Option(None, "--min-iters", help="minimum timed calls per row"),
+    report: bool = typer.Option(True, help="render the report at the end"),
+) -> None:
+    """Measure accuracy against latency, throughput, memory and energy, online and with cached image features.
+
+    On a machine with no data and no checkpoints the suite's synthetic world is generated and the tiny models
+    are trained with the quick recipe (cached under reports/cache for the next run). Rows are written to
+    RUN/results.jsonl and results.csv as they are measured; Ctrl-C keeps them and --resume skips them.
+    """
+    from dde_bench.bench.runner import RunConfig, Runner
+
+    if resume and out is None:
+        raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+    cfg = RunConfig(
+        suite=suite,
+        device=device,
+        models=_names(models),
+        scenarios=_names(scenarios),
+        batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+        dtypes=_names(dtype),
+        gallery_sizes=_ints(gallery_sizes, "--gallery-sizes"),
+        out=out,
+        quick=quick,
+        resume=resume,
+        threads=threads,
+        seed=seed,
+        min_time_s=min_time,
+        min_iters=min_iters,
+        report=report,
+    )
+    Runner(cfg).run()
