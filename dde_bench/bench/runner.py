@@ -482,7 +482,7 @@ class Runner:
                 yield None, [e], e.batch_sizes or self.batch_sizes
 
     def _scenario(self, entries: list[Entry], scenario: str, dtype_name: str, dtype, progress) -> None:
-        for teacher, members, sizes in self._groups(entries, scenario):
+        for _teacher, members, sizes in self._groups(entries, scenario):
             for batch in sizes:
                 todo = [e for e in members if not self._done(e, scenario, batch, dtype_name)]
                 if not todo:

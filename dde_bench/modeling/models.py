@@ -105,17 +105,20 @@ class Teacher(nn.Module):
         pixel_mask: torch.Tensor | None = None,
         explicit: bool = False,
     ) -> TeacherOutput:
-        if self.task == "nlvr2":
-            pv, pm, types = _flatten_pairs(pixel_values, pixel_mask)
-            ids = torch.cat([input_ids, input_ids])
-            am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-            enc = self.encoder(ids, am, pv, pm, image_type=types, explicit=explicit)
-            logits = self.head(_pair_concat(enc.pooled))
-        else:
-            enc = self.encoder(
-                input_ids, attention_mask, pixel_values, pixel_mask, image_type=1, explicit=explicit
-            )
-            logits = self.head(enc.pooled)
+        with record_function("teacher.joint"):
+            if self.task == "nlvr2":
+                pv, pm, types = _flatten_pairs(pixel_values, pixel_mask)
+                ids = torch.cat([input_ids, input_ids])
+                am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+                enc = self.encoder(ids, am, pv, pm, image_type=types, explicit=explicit)
+                pooled = _pair_concat(enc.pooled)
+            else:
+                enc = self.encoder(
+                    input_ids, attention_mask, pixel_values, pixel_mask, image_type=1, explicit=explicit
+                )
+                pooled = enc.pooled
+        with record_function("teacher.head"):
+            logits = self.head(pooled)
         return TeacherOutput(logits=logits, pooled=enc.pooled, encoder=enc)
 
     def forward(self, input_ids, attention_mask, pixel_values, pixel_mask=None) -> torch.Tensor:
@@ -169,12 +172,13 @@ class Student(nn.Module):
 
     def encode_images_full(self, pixel_values, pixel_mask=None, explicit: bool = False) -> EncoderOutput:
         """Image tower over B images, or 2B for NLVR2 ([left; right], modality types 1 and 2)."""
-        if self.task == "nlvr2":
-            pv, pm, types = _flatten_pairs(pixel_values, pixel_mask)
-            return self.image_tower(pixel_values=pv, pixel_mask=pm, image_type=types, explicit=explicit)
-        return self.image_tower(
-            pixel_values=pixel_values, pixel_mask=pixel_mask, image_type=1, explicit=explicit
-        )
+        with record_function("student.image_tower"):
+            if self.task == "nlvr2":
+                pv, pm, types = _flatten_pairs(pixel_values, pixel_mask)
+                return self.image_tower(pixel_values=pv, pixel_mask=pm, image_type=types, explicit=explicit)
+            return self.image_tower(
+                pixel_values=pixel_values, pixel_mask=pixel_mask, image_type=1, explicit=explicit
+            )
 
     def encode_text(self, input_ids, attention_mask) -> torch.Tensor:
         """Pooled text features (B, h)."""
