@@ -48,6 +48,12 @@ PAPER_TEXT_LEN = 40  # speed-only (random-weight) models get inputs of paper sha
 PAPER_IMAGE = 384
 
 
+def default_cache_root() -> Path:
+    """Where synthetic data and quick-recipe checkpoints are cached: $DDE_BENCH_CACHE or reports/cache."""
+    env = os.environ.get("DDE_BENCH_CACHE")
+    return Path(env) if env else REPO_ROOT / "reports" / "cache"
+
+
 @dataclass
 class RunConfig:
     """Settings of one `dde-bench run` (all recorded in run.json)."""
@@ -64,7 +70,7 @@ class RunConfig:
     resume: bool = False
     threads: int | None = None
     seed: int = 0
-    cache_root: Path = field(default_factory=lambda: REPO_ROOT / "reports" / "cache")
+    cache_root: Path = field(default_factory=lambda: default_cache_root())
     report: bool = True
     # timing rule (defaults depend on --quick)
     min_iters: int | None = None
@@ -354,9 +360,8 @@ class Runner:
             if d == "fp16" and self.device.type == "cpu":
                 raise UserError("fp16 is a CUDA dtype here; on CPU use fp32 or bf16")
         quick = cfg.quick
-        self.batch_sizes = cfg.batch_sizes or (
-            [1, 8] if quick else list(self.card.get("batch_sizes", [1, 8, 32]))
-        )
+        suite_sizes = [int(b) for b in self.card.get("batch_sizes", [1, 8, 32])]
+        self.batch_sizes = cfg.batch_sizes or ([b for b in suite_sizes if b <= 8] if quick else suite_sizes)
         default_gallery = [10, 100, 1000, 10000] if quick else [10, 100, 1000, 10000, 100000]
         self.gallery_sizes = cfg.gallery_sizes or list(self.card.get("gallery_sizes", default_gallery))
         self.teacher_gallery_max = int(self.card.get("teacher_gallery_max", 100 if quick else 1000))

@@ -34,7 +34,9 @@ def paper_models():
     with torch.inference_mode():
         ours = teacher.encoder(ids, am, pv, pm).pooled
         theirs = hf(input_ids=ids, attention_mask=am, pixel_values=pv, pixel_mask=pm).pooler_output
-    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)  # identical outputs, or the race is meaningless
+    torch.testing.assert_close(
+        ours, theirs, atol=1e-4, rtol=0
+    )  # identical outputs, or the race is meaningless
     feats = student.encode_images(pv, pm)
     return teacher, hf, student, (ids, am, pv, pm), feats
 
@@ -51,7 +53,9 @@ def test_teacher_forward_transformers_vilt(benchmark, paper_models):
     _, hf, _, (ids, am, pv, pm), _ = paper_models
     benchmark.group = "teacher forward, b32, batch 8, fp32"
     benchmark.pedantic(
-        lambda: hf(input_ids=ids, attention_mask=am, pixel_values=pv, pixel_mask=pm), rounds=10, warmup_rounds=2
+        lambda: hf(input_ids=ids, attention_mask=am, pixel_values=pv, pixel_mask=pm),
+        rounds=10,
+        warmup_rounds=2,
     )
 
 

@@ -1,0 +1,57 @@
+"""Shared fixtures: a small synthetic world and random-weight tiny model cards, so harness tests need no training."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dde_bench.resources import REPO_ROOT
+
+SMALL_SYNTH = {
+    "nlvr2": {"seed": 0, "train": 64, "dev": 48, "test1": 16},
+    "vqa": {"seed": 0, "train": 96, "val": 48},
+    "snli-ve": {"seed": 0, "train": 64, "dev": 48, "test": 16},
+}
+
+
+@pytest.fixture(scope="session")
+def bench_env(tmp_path_factory) -> dict:
+    """Suites with small synthetic data and model cards with random weights (speed only, accuracy n/a),
+    plus one 'trained' pair written as checkpoints so accuracy code paths run too. Returns env vars."""
+    root = tmp_path_factory.mktemp("bench_env")
+    suites, models, cache = root / "suites", root / "models", root / "cache"
+    suites.mkdir()
+    models.mkdir()
+    for name, synth in SMALL_SYNTH.items():
+        card = yaml.safe_load((REPO_ROOT / "suites" / f"{name}.yaml").read_text())
+        card["data"]["synth"] = synth
+        card["data"]["answer_min_count"] = 1
+        card["models"] = ["rt-teacher", "rt-student", "rt-hf"]
+        card["batch_sizes"] = [1, 4]
+        card["gallery_sizes"] = [10, 200]
+        card["teacher_gallery_max"] = 10
+        (suites / f"{name}.yaml").write_text(yaml.safe_dump(card))
+    cards = {
+        "rt-teacher": {"kind": "teacher", "size": "tiny", "weights": "random"},
+        "rt-student": {"kind": "student", "size": "tiny", "weights": "random", "teacher": "rt-teacher"},
+        "rt-hf": {"kind": "hf-vilt", "size": "tiny", "same_weights_as": "rt-teacher"},
+    }
+    for n, c in cards.items():
+        (models / f"{n}.yaml").write_text(yaml.safe_dump(c))
+    for p in (REPO_ROOT / "models").glob("*.yaml"):
+        shutil.copy(p, models / p.name)
+    return {"DDE_BENCH_SUITES": str(suites), "DDE_BENCH_MODELS": str(models), "DDE_BENCH_CACHE": str(cache)}
+
+
+@pytest.fixture
+def use_bench_env(bench_env, monkeypatch) -> dict:
+    for k, v in bench_env.items():
+        monkeypatch.setenv(k, v)
+    return bench_env
+
+
+def pytest_configure(config):
+    Path(REPO_ROOT / "reports").mkdir(exist_ok=True)

@@ -1,0 +1,178 @@
+"""The harness end to end on CPU with tiny random-weight models: every scenario, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from dde_bench.bench.results import read_run
+from dde_bench.bench.runner import RunConfig, Runner
+from dde_bench.bench.schema import COLUMNS, RAW_SAMPLES_KEY
+
+FAST = dict(min_iters=3, min_time_s=0.02, quick=True, report=False)
+
+
+def _run(tmp_path: Path, suite: str, **kw) -> Path:
+    cfg = RunConfig(suite=suite, device="cpu", out=tmp_path / f"run-{suite}", **{**FAST, **kw})
+    return Runner(cfg).run()
+
+
+@pytest.mark.parametrize("suite", ["nlvr2", "vqa", "snli-ve"])
+def test_run_every_scenario(use_bench_env, tmp_path, suite):
+    run_dir = _run(tmp_path, suite)
+    info, rows, raw = read_run(run_dir)
+    assert info["settings"]["suite"] == suite and info["environment"]["threads"] >= 1
+    assert list(pd.read_csv(run_dir / "results.csv").columns[: len(COLUMNS)]) == list(COLUMNS)
+    ok = rows[rows.status == "ok"]
+    for scenario in ("online", "cached"):
+        for model in ("rt-teacher", "rt-student"):
+            for b in (1, 4):
+                r = ok[(ok.model == model) & (ok.scenario == scenario) & (ok.batch_size == b)]
+                assert len(r) == 1, (model, scenario, b)
+                r = r.iloc[0]
+                assert r.latency_p50_ms > 0 and r.throughput_per_s > 0 and r.flops_per_item > 0
+                assert r.n_samples >= 3
+                assert pd.isna(r.accuracy)  # random weights: accuracy is not measured, never invented
+    # the reference row runs online only, with the teacher's weights
+    assert set(ok[ok.model == "rt-hf"].scenario) == {"online"}
+    student_cached = ok[(ok.model == "rt-student") & (ok.scenario == "cached")]
+    assert (student_cached.speedup_vs_teacher > 0).all()
+    assert (student_cached.speedup_ci_low <= student_cached.speedup_vs_teacher).all()
+    assert (student_cached.speedup_flop_bound > 1.5).all()  # no image tower in the cached path
+    assert (student_cached.cache_bytes_per_image == 128 * 4).all()
+    stages = student_cached.iloc[0].stage_ms
+    assert set(stages) == {"text_tower", "fusion_head"}
+    online = ok[(ok.model == "rt-student") & (ok.scenario == "online")].iloc[0].stage_ms
+    assert set(online) == {"image_tower", "text_tower", "fusion_head"}
+    # gallery: the student at every size, the teacher only up to teacher_gallery_max
+    gal = rows[rows.scenario == "gallery"]
+    assert set(gal[(gal.model == "rt-student") & (gal.status == "ok")].gallery_size) == {10, 200}
+    assert set(gal[(gal.model == "rt-teacher") & (gal.status == "ok")].gallery_size) == {10}
+    assert (gal[(gal.model == "rt-teacher") & (gal.gallery_size == 200)].status == "skipped").all()
+    # raw samples are kept in results.jsonl for compare and the plots
+    first = json.loads((run_dir / "results.jsonl").read_text().splitlines()[0])
+    assert len(first[RAW_SAMPLES_KEY]) == first["n_samples"]
+    assert all(len(v) > 0 for v in raw.values())
+
+
+def test_resume_skips_finished_rows(use_bench_env, tmp_path):
+    run_dir = _run(tmp_path, "snli-ve", scenarios=["online"], batch_sizes=[1])
+    n = len(read_run(run_dir)[1])
+    # a second pass over the same folder with --resume measures only what is missing
+    Runner(
+        RunConfig(
+            suite="snli-ve",
+            device="cpu",
+            out=run_dir,
+            resume=True,
+            scenarios=["online", "cached"],
+            batch_sizes=[1],
+            **FAST,
+        )
+    ).run()
+    rows = read_run(run_dir)[1]
+    assert len(rows[rows.scenario == "online"]) == n
+    assert len(rows[rows.scenario == "cached"]) == 2
+    # without --resume the folder is not overwritten
+    from dde_bench.errors import UserError
+
+    with pytest.raises(UserError, match="already holds results"):
+        Runner(RunConfig(suite="snli-ve", device="cpu", out=run_dir, **FAST)).run()
+
+
+def test_accuracy_of_checkpoints(use_bench_env, tmp_path):
+    """Models given as checkpoint paths get accuracy with a bootstrap interval and prediction files."""
+    from dde_bench.bench.runner import Suite
+    from dde_bench.modeling import Student, Teacher, save_model, size_config
+    from dde_bench.resources import suite_card
+
+    card = suite_card("nlvr2")
+    suite = Suite(card, RunConfig(suite="nlvr2"), console=__import__("rich.console").console.Console())
+    cfg = size_config("tiny", vocab_size=suite.vocab_size)
+    torch.manual_seed(0)
+    teacher = Teacher(cfg, "nlvr2")
+    student = Student(cfg, "nlvr2")
+    student.init_from_teacher(teacher)
+    save_model(teacher, tmp_path / "t")
+    save_model(student, tmp_path / "s")
+    models = Path(use_bench_env["DDE_BENCH_MODELS"])
+    (models / "ck-teacher.yaml").write_text(
+        yaml.safe_dump({"kind": "teacher", "size": "tiny", "weights": str(tmp_path / "t")})
+    )
+    (models / "ck-student.yaml").write_text(
+        yaml.safe_dump(
+            {"kind": "student", "size": "tiny", "weights": str(tmp_path / "s"), "teacher": "ck-teacher"}
+        )
+    )
+    run_dir = _run(
+        tmp_path, "nlvr2", models=["ck-teacher", "ck-student"], scenarios=["cached"], batch_sizes=[4]
+    )
+    rows = read_run(run_dir)[1]
+    for _, r in rows.iterrows():
+        assert 0.0 <= r.accuracy_ci_low <= r.accuracy <= r.accuracy_ci_high <= 1.0
+        assert 0.0 <= r.consistency <= 1.0
+        assert r.accuracy_metric == "accuracy"
+    lines = (run_dir / "predictions" / "ck-student.csv").read_text().splitlines()
+    assert len(lines) == 48 and lines[0].split(",")[1] in ("True", "False")
+
+
+def _cli(*args, env_extra: dict | None = None):
+    import os
+
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "dde_bench.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--suite", "nope"], "unknown suite 'nope'"),
+        (["run", "--suite", "nlvr2", "--models", "nope"], "unknown model 'nope'"),
+        (["run", "--suite", "nlvr2", "--scenarios", "warp"], "unknown scenario 'warp'"),
+        (["run", "--suite", "nlvr2", "--batch-sizes", "8,x"], "--batch-sizes must be"),
+        (["run", "--suite", "nlvr2", "--resume"], "--resume needs --out"),
+    ],
+)
+def test_run_bad_input_is_one_line(use_bench_env, args, message):
+    p = _cli(*args)
+    assert p.returncode == 2, p.stderr
+    assert message in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_line(use_bench_env):
+    p = _cli("run", "--suite", "nlvr2", "--device", "cuda")
+    assert p.returncode == 2 and "no CUDA device" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_missing_data_folder_is_one_line(use_bench_env, tmp_path):
+    suites = Path(use_bench_env["DDE_BENCH_SUITES"])
+    card = yaml.safe_load((suites / "vqa.yaml").read_text())
+    card["data"] = {"source": "dir", "data_dir": str(tmp_path / "no-such-vqa")}
+    other = tmp_path / "suites"
+    other.mkdir()
+    (other / "vqa.yaml").write_text(yaml.safe_dump(card))
+    p = _cli("run", "--suite", "vqa", "--quick", env_extra={"DDE_BENCH_SUITES": str(other)})
+    assert p.returncode == 2 and "no such data folder" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_run_on_cuda(use_bench_env, tmp_path):
+    """CUDA events, CUDA memory stats and NVML energy: runs where CUDA exists, skips elsewhere."""
+    cfg = RunConfig(suite="vqa", device="cuda", out=tmp_path / "cuda", dtypes=["fp32", "bf16"], **FAST)
+    rows = read_run(Runner(cfg).run())[1]
+    ok = rows[rows.status == "ok"]
+    assert (ok[ok.scenario != "gallery"].peak_mem_mb > 0).all()
+    assert (ok.cuda_max_reserved_mb >= ok.peak_mem_mb).all()
+    assert set(ok.dtype) == {"fp32", "bf16"}
