@@ -284,7 +284,27 @@ def scenario_call(entry: Entry, scenario: str, x: dict):
     if entry.kind != "student" or scenario == "online":
         return _call_full(entry, x)
     feats = entry.model.encode_images(x["pixel_values"], x["pixel_mask"])
-    return lambda: entry.model.forward_cached(x["input_ids"], x["attention_mask"], feats)
+    fn = lambda: entry.model.forward_cached(x["input_ids"], x["attention_mask"], feats)  # noqa: E731
+    return _inject_slowdown(fn, scenario)
+
+
+def _inject_slowdown(fn, scenario: str):
+    """Test-only: DDE_BENCH_INJECT_SLOWDOWN=cached=0.3 makes the student's cached call 30% slower (it busy-waits
+    for 0.3 x its own duration), so the CI gate can be shown to catch a real regression. Never set in use."""
+    spec = os.environ.get("DDE_BENCH_INJECT_SLOWDOWN", "")
+    if not spec.startswith(f"{scenario}="):
+        return fn
+    frac = float(spec.split("=", 1)[1])
+
+    def slowed():
+        t0 = time.perf_counter()
+        out = fn()
+        until = time.perf_counter() + frac * (time.perf_counter() - t0)
+        while time.perf_counter() < until:
+            pass
+        return out
+
+    return slowed
 
 
 # ---------------------------------------------------------------------------------------- accuracy
@@ -439,6 +459,7 @@ class Runner:
             timing_rule=self.rule,
             data_dir=str(self.suite.data_dir),
             eval_split=self.suite.split,
+            inject_slowdown=os.environ.get("DDE_BENCH_INJECT_SLOWDOWN") or None,
         )
         self.writer = ResultWriter(self.run_dir, settings, device=self.device, resume=cfg.resume)
         self.done = self.writer.done_keys()
