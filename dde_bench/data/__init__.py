@@ -1,0 +1,36 @@
+"""Data: readers for the original NLVR2 / VQA v2 / SNLI-VE files, the synthetic world that writes the same
+formats, tokenisation, ViLT image processing and batching.
+
+Names are imported lazily so that ``dde-bench --help`` does not pay for torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "TaskDataset": "batching",
+    "ensure_data": "cache",
+    "ImageProcessor": "images",
+    "NLVR2_LABELS": "readers",
+    "SNLI_VE_LABELS": "readers",
+    "SPLITS": "readers",
+    "TASKS": "readers",
+    "TRAIN_SPLIT": "readers",
+    "Example": "readers",
+    "build_vqa_answer_vocab": "readers",
+    "check_images": "readers",
+    "load_split": "readers",
+    "TASK_FAMILIES": "synth",
+    "synthesize": "synth",
+    "encode": "tokenize",
+    "load_tokenizer": "tokenize",
+    "train_wordpiece": "tokenize",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"dde_bench.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'dde_bench.data' has no attribute {name!r}")

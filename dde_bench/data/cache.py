@@ -1,0 +1,118 @@
+"""Where a suite's data lives: a user folder in the original layout, or a cached synthetic world."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dde_bench.data.readers import SPLITS
+from dde_bench.data.synth import normalize_sizes, synthesize
+from dde_bench.errors import UserError
+
+SYNTH_VERSION = 1  # bump when the generator's output changes for the same settings
+
+_SIZE_KEYS_SKIP = {
+    "seed",
+    "families",
+    "colors",
+    "shapes",
+    "image_size",
+    "grid",
+    "objects",
+    "jpeg_quality",
+    "vocab_size",
+}
+
+
+def synth_settings(suite_card: dict) -> dict:
+    """The synthetic-world settings of a suite card (``data.synth``), normalised for hashing."""
+    task = suite_card.get("task", suite_card.get("name"))
+    synth = dict((suite_card.get("data") or {}).get("synth") or {})
+    sizes = {k: v for k, v in synth.items() if k not in _SIZE_KEYS_SKIP}
+    world = {k: synth[k] for k in _SIZE_KEYS_SKIP - {"seed", "families"} if k in synth}
+    return {
+        "version": SYNTH_VERSION,
+        "task": task,
+        "seed": int(synth.get("seed", 0)),
+        "sizes": normalize_sizes(task, sizes),
+        "families": list(synth.get("families") or []),
+        "world": world,
+    }
+
+
+def synth_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_data(suite_card: dict, cache_root: Path, progress: bool = False) -> Path:
+    """Return the data folder of a suite, generating the synthetic world when the suite asks for it.
+
+    ``data.source: dir`` (or a ``data_dir``): the folder must exist and hold every split's annotation file.
+    ``data.source: synthetic``: generated under ``cache_root/synthetic/{task}-{hash of settings}``, reused if
+    complete; generation goes to a temporary folder renamed into place at the end, so an interrupted run
+    is never mistaken for a complete one.
+    """
+    data = suite_card.get("data") or {}
+    task = suite_card.get("task", suite_card.get("name"))
+    if task not in SPLITS:
+        raise UserError(f"suite {suite_card.get('name')!r}: unknown task {task!r}")
+    source = data.get("source", "synthetic")
+    if data.get("data_dir") or source == "dir":
+        if not data.get("data_dir"):
+            raise UserError(
+                f"suite {suite_card.get('name')!r}: data.source is 'dir' but data.data_dir is not set"
+            )
+        d = Path(os.path.expanduser(str(data["data_dir"])))
+        if not d.is_dir():
+            raise UserError(f"{d}: no such data folder (suite {suite_card.get('name')!r}, data.data_dir)")
+        from dde_bench.data.commands import expected_files
+
+        missing = [p for p in expected_files(task, d) if not p.exists()]
+        if missing:
+            raise UserError(f"{missing[0]}: no such file (suite {suite_card.get('name')!r} data folder)")
+        return d
+    if source != "synthetic":
+        raise UserError(
+            f"suite {suite_card.get('name')!r}: unknown data.source {source!r} (synthetic or dir)"
+        )
+    settings = synth_settings(suite_card)
+    root = Path(cache_root) / "synthetic"
+    final = root / f"{task}-{synth_key(settings)}"
+    if (final / "stats.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{task}-", dir=root))
+    try:
+        cb = None
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=sum(settings["sizes"].values()), desc=f"synthesising {task}", unit="ex")
+            cb = bar.update
+        synthesize(
+            task,
+            tmp,
+            seed=settings["seed"],
+            sizes=settings["sizes"],
+            families=settings["families"] or None,
+            progress=cb,
+            **settings["world"],
+        )
+        if bar is not None:
+            bar.close()
+        (tmp / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished first
+            if not (final / "stats.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -1,0 +1,91 @@
+"""``dde-bench data ...``: check a data folder in the original layout, or write a synthetic world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dde_bench.data.readers import SPLITS, check_images, load_split, vqa_paths
+from dde_bench.errors import UserError
+
+data_app = typer.Typer(help="Check dataset folders and generate the synthetic world.", no_args_is_help=True)
+
+
+def expected_files(task: str, data_dir: Path) -> list[Path]:
+    """Annotation files a complete data folder holds for ``task``."""
+    if task == "nlvr2":
+        return [data_dir / f"{s}.json" for s in SPLITS[task]]
+    if task == "vqa":
+        return [p for s in SPLITS[task] for p in vqa_paths(data_dir, s)]
+    return [data_dir / f"snli_ve_{s}.jsonl" for s in SPLITS[task]]
+
+
+def parse_sizes(text: str | None) -> dict[str, int] | None:
+    """``"6000"`` (every split) or ``"train=6000,dev=1000"``."""
+    if not text:
+        return None
+    if "=" not in text:
+        try:
+            return {"*": int(text)}
+        except ValueError:
+            raise UserError(f"--size: expected N or split=N,... got {text!r}") from None
+    out = {}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        try:
+            out[k.strip()] = int(v)
+        except ValueError:
+            raise UserError(f"--size: bad entry {part!r} (expected split=N)") from None
+    return out
+
+
+@data_app.command("validate")
+def validate_cmd(
+    suite: str = typer.Option(..., help="nlvr2, vqa or snli-ve"),
+    data_dir: Path = typer.Option(..., "--data-dir", help="folder in the dataset's original layout"),
+    decode: bool = typer.Option(False, help="also decode every image (slower)"),
+    answer_min_count: int = typer.Option(
+        9, help="VQA: answers kept in the vocabulary need this many questions"
+    ),
+) -> None:
+    """Read every split of a data folder; print examples and images per split; one-line error if anything is off."""
+    if suite not in SPLITS:
+        raise UserError(f"--suite: unknown suite {suite!r}; known: {', '.join(SPLITS)}")
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: no such data folder")
+    found = 0
+    for split in SPLITS[suite]:
+        exs = load_split(suite, data_dir, split, answer_min_count=answer_min_count)
+        n_img = check_images(exs, decode=decode)
+        labelled = sum(e.label is not None or e.answers is not None for e in exs)
+        typer.echo(f"{suite} {split}: {len(exs)} examples ({labelled} labelled), {n_img} images found")
+        found += 1
+    typer.echo(f"{data_dir}: ok ({found} splits)")
+
+
+@data_app.command("synth")
+def synth_cmd(
+    suite: str = typer.Option(..., help="nlvr2, vqa or snli-ve"),
+    out: Path = typer.Option(..., help="output folder"),
+    seed: int = typer.Option(0),
+    size: str = typer.Option(None, help="N for every split, or split=N,... (default: the suite's sizes)"),
+    families: str = typer.Option(None, help="comma-separated statement families (default: all)"),
+) -> None:
+    """Write a synthetic world in the original file formats of the suite's dataset."""
+    from tqdm import tqdm
+
+    from dde_bench.data.synth import DEFAULT_SIZES, synthesize
+
+    if suite not in SPLITS:
+        raise UserError(f"--suite: unknown suite {suite!r}; known: {', '.join(SPLITS)}")
+    sizes = parse_sizes(size)
+    if sizes and "*" in sizes:
+        sizes = {k: sizes["*"] for k in DEFAULT_SIZES[suite]}
+    fams = [f.strip() for f in families.split(",") if f.strip()] if families else None
+    total = sum((sizes or DEFAULT_SIZES[suite]).values())
+    with tqdm(total=total, desc=f"synthesising {suite}", unit="ex") as bar:
+        stats = synthesize(suite, out, seed=seed, sizes=sizes, families=fams, progress=bar.update)
+    for split, st in stats["splits"].items():
+        typer.echo(f"{split}: {st['n']} examples, labels {st['labels']}")
+    typer.echo(f"wrote {out} in {stats['seconds']} s")

@@ -1,0 +1,87 @@
+"""BERT WordPiece tokenisation.
+
+Real checkpoints ship a ``vocab.txt`` (BERT uncased); tiny models use a WordPiece vocabulary trained on the
+suite's training text with ``tokenizers`` (lower-case; [PAD] = 0, [UNK], [CLS], [SEP], [MASK]). Both load the
+same way, as ``transformers.BertTokenizerFast``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from transformers import BertTokenizerFast
+
+from dde_bench.errors import UserError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def train_wordpiece(
+    texts: Iterable[str], out_dir: Path, vocab_size: int = 1000, min_frequency: int = 1
+) -> Path:
+    """Train a lower-case BERT WordPiece vocabulary on ``texts``; writes and returns ``out_dir/vocab.txt``."""
+    from tokenizers import BertWordPieceTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = list(texts)
+    path = out_dir / "vocab.txt"
+    # Small closed vocabularies (the synthetic world): every word whole, plus each character alone and as a
+    # ##continuation. A valid WordPiece vocabulary, and unlike the trainer's output (whose tie-breaking is not
+    # stable across runs) byte-identical for the same text.
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    norm, pre = BertNormalizer(lowercase=True, strip_accents=True, clean_text=True), BertPreTokenizer()
+    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t))})
+    chars = sorted({ch for w in words for ch in w})
+    closed = SPECIAL_TOKENS + chars + ["##" + c for c in chars] + [w for w in words if len(w) > 1]
+    if len(closed) <= vocab_size:
+        path.write_text("\n".join(closed) + "\n", encoding="utf-8")
+        return path
+    tok = BertWordPieceTokenizer(lowercase=True, strip_accents=True, clean_text=True)
+    tok.train_from_iterator(
+        texts,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+    )
+    # The trainer's order of equal-frequency tokens is not stable across runs; ids do not need it, so write the
+    # special tokens first and the rest sorted, which makes vocab.txt byte-identical for the same text.
+    vocab = tok.get_vocab()
+    ordered = SPECIAL_TOKENS + sorted(t for t in vocab if t not in SPECIAL_TOKENS)
+    path.write_text("\n".join(ordered) + "\n", encoding="utf-8")
+    return path
+
+
+def load_tokenizer(path_or_dir: Path | str, lowercase: bool = True) -> BertTokenizerFast:
+    """Load a BERT WordPiece tokenizer from ``vocab.txt`` or a folder containing one."""
+    p = Path(path_or_dir)
+    vocab = p / "vocab.txt" if p.is_dir() else p
+    if not vocab.is_file():
+        raise UserError(f"{vocab}: no such vocabulary file (expected a BERT WordPiece vocab.txt)")
+    tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=lowercase)
+    if tok.pad_token_id != 0:
+        raise UserError(f"{vocab}: [PAD] must be token 0 (line 1), found it at {tok.pad_token_id}")
+    return tok
+
+
+def encode(
+    tokenizer: BertTokenizerFast, texts: Sequence[str], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[CLS] text [SEP], truncated to ``max_len``, padded to the longest in the batch.
+
+    Returns ``(input_ids, attention_mask)``, both LongTensor (B, T) with T <= max_len.
+    """
+    enc = tokenizer(
+        list(texts),
+        padding="longest",
+        truncation=True,
+        max_length=max_len,
+        return_tensors="pt",
+        return_token_type_ids=False,
+    )
+    return enc["input_ids"].long(), enc["attention_mask"].long()

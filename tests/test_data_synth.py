@@ -1,0 +1,127 @@
+"""Synthetic world: determinism, readability by the real readers, pairing and balance; batching; cache."""
+
+import json
+from collections import defaultdict
+
+import pytest
+import torch
+
+from dde_bench.data.batching import TaskDataset
+from dde_bench.data.cache import ensure_data
+from dde_bench.data.images import ImageProcessor, resize_shape
+from dde_bench.data.readers import build_vqa_answer_vocab, load_split
+from dde_bench.data.synth import synthesize
+from dde_bench.data.tokenize import encode, load_tokenizer
+
+SIZES = {
+    "nlvr2": {"train": 16, "dev": 8, "test1": 4},
+    "vqa": {"train2014": 24, "val2014": 8},
+    "snli-ve": {"train": 18, "dev": 6, "test": 3},
+}
+ANN = {
+    "nlvr2": ["train.json", "dev.json"],
+    "vqa": ["v2_mscoco_train2014_annotations.json"],
+    "snli-ve": ["snli_ve_train.jsonl"],
+}
+
+
+@pytest.mark.parametrize("task", ["nlvr2", "vqa", "snli-ve"])
+def test_deterministic_and_readable(tmp_path, task):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    synthesize(task, a, seed=3, sizes=SIZES[task])
+    synthesize(task, b, seed=3, sizes=SIZES[task])
+    for name in ANN[task] + ["captions.jsonl", "vocab.txt"]:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    for split, n in SIZES[task].items():
+        exs = load_split(task, a, split, check_images=True, decode_images=True, answer_min_count=1)
+        assert len(exs) == n
+    stats = json.loads((a / "stats.json").read_text())
+    assert set(stats["splits"]) == set(SIZES[task])
+
+
+def test_nlvr2_sentences_paired_true_and_false(tmp_path):
+    synthesize("nlvr2", tmp_path, sizes={"train": 40, "dev": 2, "test1": 2})
+    exs = load_split("nlvr2", tmp_path, "train")
+    by_sentence = defaultdict(list)
+    for e in exs:
+        by_sentence[e.meta["sentence_key"]].append((e.text, e.label, e.image_paths))
+    assert len(by_sentence) == 20
+    for pairs in by_sentence.values():
+        assert len(pairs) == 2 and pairs[0][0] == pairs[1][0]
+        assert sorted(p[1] for p in pairs) == [0, 1]
+        assert pairs[0][2] != pairs[1][2]
+    # text-only: every distinct sentence text is True exactly as often as False
+    counts = defaultdict(int)
+    for e in exs:
+        counts[e.text] += 1 if e.label else -1
+    assert all(v == 0 for v in counts.values())
+
+
+def test_balance_and_families(tmp_path):
+    st = synthesize("snli-ve", tmp_path / "s", sizes={"train": 30, "dev": 0, "test": 0}, families=["exist"])
+    assert st["splits"]["train"]["labels"] == {"contradiction": 10, "entailment": 10, "neutral": 10}
+    assert st["splits"]["train"]["families"] == {"exist": 30}
+    st = synthesize("vqa", tmp_path / "v", sizes={"train": 20, "val": 0}, families=["exist", "count"])
+    assert st["splits"]["train2014"]["labels"]["yes"] == st["splits"]["train2014"]["labels"]["no"] == 5
+
+
+def test_vqa_targets_and_batches(tmp_path):
+    synthesize("vqa", tmp_path, sizes=SIZES["vqa"])
+    vocab = build_vqa_answer_vocab(tmp_path, min_count=1)
+    exs = load_split("vqa", tmp_path, "val2014", answer_vocab=vocab)
+    assert all(e.target and max(e.target.values()) == 1.0 for e in exs)  # >= 6 of 10 agree
+    tok = load_tokenizer(tmp_path)
+    ds = TaskDataset("vqa", exs, tok, ImageProcessor(64, 64, 16), max_len=24, num_answers=len(vocab))
+    b = next(ds.batches(4, shuffle=True, seed=1))
+    assert b["pixel_values"].shape == (4, 3, 64, 64) and b["pixel_values"].dtype == torch.float32
+    assert b["pixel_mask"].dtype == torch.long and bool(b["pixel_mask"].all())
+    assert b["targets"].shape == (4, len(vocab))
+    assert b["input_ids"].shape[1] <= 24 and b["input_ids"][:, 0].eq(tok.cls_token_id).all()
+    assert next(ds.batches(4, shuffle=True, seed=1))["ids"] == b["ids"]
+
+
+def test_nlvr2_batches(tmp_path):
+    synthesize("nlvr2", tmp_path, sizes={"train": 8, "dev": 4, "test1": 2})
+    tok = load_tokenizer(tmp_path / "vocab.txt")
+    assert tok.pad_token_id == 0 and tok.unk_token_id is not None and tok.mask_token_id is not None
+    ds = TaskDataset(
+        "nlvr2", load_split("nlvr2", tmp_path, "dev"), tok, ImageProcessor(64, 64, 16), max_len=24
+    )
+    b = ds.batch([0, 1, 2])
+    assert b["pixel_values"].shape == (3, 2, 3, 64, 64) and b["pixel_mask"].shape == (3, 2, 64, 64)
+    assert b["labels"].tolist() == [e.label for e in ds.examples[:3]]
+    ids, mask = encode(tok, ["the left image contains a red circle", "a"], max_len=5)
+    assert ids.shape == (2, 5) and mask[1].tolist() == [1, 1, 1, 0, 0] and ids[1, 3] == 0
+
+
+def test_image_processor_matches_vilt(tmp_path):
+    from PIL import Image
+    from transformers import ViltImageProcessor
+
+    assert resize_shape(480, 640, 384, 640, 32) == (384, 512)
+    assert resize_shape(100, 1000, 384, 640, 32) == (64, 640)
+    img1 = Image.new("RGB", (640, 480), (200, 10, 30))
+    img2 = Image.new("RGB", (300, 500), (0, 90, 255))
+    ours = ImageProcessor.vilt(384, 32)([img1, img2])
+    assert ImageProcessor(384, 640, 32)([img2])["pixel_values"].shape == (1, 3, 640, 384)
+    ref = ViltImageProcessor(size={"shortest_edge": 384}, size_divisor=32)([img1, img2], return_tensors="pt")
+    assert ours["pixel_values"].shape == ref["pixel_values"].shape
+    assert torch.equal(ours["pixel_mask"], ref["pixel_mask"].long())
+    assert torch.allclose(ours["pixel_values"], ref["pixel_values"], atol=0.02)
+
+
+def test_ensure_data_reuses_cache(tmp_path):
+    card = {
+        "name": "snli-ve",
+        "task": "snli-ve",
+        "data": {"source": "synthetic", "synth": {"seed": 0, "train": 6, "dev": 3, "test": 3}},
+    }
+    d1 = ensure_data(card, tmp_path)
+    mtime = (d1 / "stats.json").stat().st_mtime_ns
+    assert ensure_data(card, tmp_path) == d1 and (d1 / "stats.json").stat().st_mtime_ns == mtime
+    card["data"]["synth"]["seed"] = 1
+    assert ensure_data(card, tmp_path) != d1
+    assert not [p for p in (tmp_path / "synthetic").iterdir() if p.name.startswith(".")]
+    real = {"name": "x", "task": "snli-ve", "data": {"source": "dir", "data_dir": str(d1)}}
+    assert ensure_data(real, tmp_path) == d1
