@@ -14,6 +14,7 @@ from rich.table import Table
 
 from dde_bench.data.commands import data_app
 from dde_bench.errors import UserError
+from dde_bench.training.commands import reproduce, train_app
 
 app = typer.Typer(
     name="dde-bench",
@@ -28,6 +29,8 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.command("reproduce")(reproduce)
 
 
 @app.command("list")

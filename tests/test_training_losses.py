@@ -19,7 +19,12 @@ from dde_bench.training.losses import (
 def enc(q, k, mask=None, text_len=0) -> EncoderOutput:
     b, _, n, _ = q.shape
     return EncoderOutput(
-        hidden=torch.zeros(b, n, 1), pooled=torch.zeros(b, 1), mask=mask, text_len=text_len, last_q=q, last_k=k
+        hidden=torch.zeros(b, n, 1),
+        pooled=torch.zeros(b, 1),
+        mask=mask,
+        text_len=text_len,
+        last_q=q,
+        last_k=k,
     )
 
 
@@ -65,7 +70,9 @@ def test_attention_kl_hand_computed_and_averaging():
     q = torch.tensor([0.25, 0.75])
     kl_pq = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     # two heads, two queries: (head 0, q0) = KL(p||q), others 0 -> mean over 4 = kl/4
-    tl = torch.log(torch.stack([p, p]).expand(2, 2, 2)).unsqueeze(0).clone()  # (1, 2 heads, 2 queries, 2 keys)
+    tl = (
+        torch.log(torch.stack([p, p]).expand(2, 2, 2)).unsqueeze(0).clone()
+    )  # (1, 2 heads, 2 queries, 2 keys)
     sl = tl.clone()
     sl[0, 0, 0] = torch.log(q)
     assert attention_kl(tl, sl, None, None).item() == pytest.approx(kl_pq / 4, rel=1e-5)
@@ -96,7 +103,14 @@ def test_padded_key_gets_zero_probability_and_does_not_change_the_loss():
         enc(tq, tk, tmask, t), enc(sq_t, sk_t, text_mask), enc(sq_i, sk_i, image_mask)
     )
     # change the padded keys (and queries) arbitrarily: the loss must not move
-    tq2, tk2, sk_t2, sk_i2, sq_i2, sq_t2 = tq.clone(), tk.clone(), sk_t.clone(), sk_i.clone(), sq_i.clone(), sq_t.clone()
+    tq2, tk2, sk_t2, sk_i2, sq_i2, sq_t2 = (
+        tq.clone(),
+        tk.clone(),
+        sk_t.clone(),
+        sk_i.clone(),
+        sq_i.clone(),
+        sq_t.clone(),
+    )
     tk2[:, :, 2] += 50.0
     tk2[:, :, -1] -= 30.0
     tq2[:, :, 2] += 9.0

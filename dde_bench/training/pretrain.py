@@ -38,7 +38,9 @@ class CaptionDataset:
     ):
         path = Path(data_dir) / "captions.jsonl"
         if not path.is_file():
-            raise UserError(f"{path}: no captions for the pre-training stage (the synthetic world writes them)")
+            raise UserError(
+                f"{path}: no captions for the pre-training stage (the synthetic world writes them)"
+            )
         rows = []
         with open(path, encoding="utf-8") as f:
             for line in f:
@@ -109,7 +111,9 @@ class MLMHead(nn.Sequential):
     """BERT's MLM head: Linear - GELU - LayerNorm - Linear(h, vocab)."""
 
     def __init__(self, hidden: int, vocab: int, eps: float):
-        super().__init__(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=eps), nn.Linear(hidden, vocab))
+        super().__init__(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=eps), nn.Linear(hidden, vocab)
+        )
 
 
 class PretrainHeads(nn.Module):

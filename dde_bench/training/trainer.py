@@ -96,7 +96,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     threads: int | None = 2  # torch.set_num_threads on CPU; None leaves it alone
-    log_every: int = 20
+    log_every: int = 50
     eval_every: int = 0  # 0 = only at the end
     save_every: int = 0  # resumable state every N steps; 0 = only at the end
     eval_limit: int | None = None  # evaluate on the first N eval examples (None = all)
@@ -111,7 +111,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        d["optim"] = OptimConfig(**{**d.get("optim", {}), "betas": tuple(d.get("optim", {}).get("betas", (0.9, 0.98)))})
+        d["optim"] = OptimConfig(
+            **{**d.get("optim", {}), "betas": tuple(d.get("optim", {}).get("betas", (0.9, 0.98)))}
+        )
         d["weights"] = LossWeights(**d.get("weights", {}))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -152,17 +154,40 @@ def image_processor_for(cfg):
     return ImageProcessor.vilt(cfg.image_size, cfg.patch_size)
 
 
+def load_text_tokenizer(data_dir: Path):
+    """The suite's WordPiece tokenizer, checked to hold the whole ``vocab.txt``.
+
+    Guard against a transformers 5 incompatibility: ``BertTokenizerFast(vocab_file=...)`` silently ignores the
+    file there (the keyword is ``vocab``) and yields a 5-token vocabulary that maps every word to [UNK], which
+    makes every text identical and pins any model at chance. If ``data.load_tokenizer`` returns fewer tokens
+    than the file has lines, the tokenizer is rebuilt with ``vocab=``."""
+    from transformers import BertTokenizerFast
+
+    from dde_bench.data import load_tokenizer
+
+    tok = load_tokenizer(data_dir)
+    vocab = Path(data_dir) / "vocab.txt"
+    lines = sum(1 for line in vocab.read_text(encoding="utf-8").splitlines() if line)
+    if len(tok) < lines:
+        tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+        if len(tok) < lines or tok.pad_token_id != 0:
+            raise UserError(f"{vocab}: the tokenizer loads {len(tok)} of its {lines} tokens")
+    return tok
+
+
 def suite_task(suite: dict) -> str:
     return str(suite.get("task", suite.get("name")))
 
 
-def load_task_data(suite: dict, cache_root: Path, model_cfg, splits: tuple[str, ...], limits=(), progress=False):
+def load_task_data(
+    suite: dict, cache_root: Path, model_cfg, splits: tuple[str, ...], limits=(), progress=False
+):
     """(data_dir, tokenizer, {split: TaskDataset}, answer_vocab) for a suite."""
-    from dde_bench.data import TaskDataset, build_vqa_answer_vocab, ensure_data, load_split, load_tokenizer
+    from dde_bench.data import TaskDataset, build_vqa_answer_vocab, ensure_data, load_split
 
     task = suite_task(suite)
     data_dir = ensure_data(suite, Path(cache_root), progress=progress)
-    tok = load_tokenizer(data_dir)
+    tok = load_text_tokenizer(data_dir)
     if len(tok) > model_cfg.vocab_size:
         raise UserError(
             f"{data_dir}/vocab.txt has {len(tok)} tokens but the model's vocabulary holds {model_cfg.vocab_size}"
@@ -182,14 +207,20 @@ def load_task_data(suite: dict, cache_root: Path, model_cfg, splits: tuple[str, 
         if not examples:
             raise UserError(f"{data_dir}: split {split!r} has no examples")
         out[split] = TaskDataset(
-            task, examples, tok, proc, model_cfg.max_text_len,
+            task,
+            examples,
+            tok,
+            proc,
+            model_cfg.max_text_len,
             num_answers=len(answer_vocab) if answer_vocab else None,
         )
     return data_dir, tok, out, answer_vocab
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
 
 
 def shard_indices(n: int, batch_size: int, step: int, seed: int, d: Dist) -> torch.Tensor:
@@ -249,7 +280,9 @@ class TaskLoss(nn.Module):
                 total = total + w.soft * soft
                 parts["soft"] = float(soft.detach())
             if need_att:
-                att, att_parts = cross_modal_attention_loss(t_out.encoder, out.text, out.image, num_images(m.task))
+                att, att_parts = cross_modal_attention_loss(
+                    t_out.encoder, out.text, out.image, num_images(m.task)
+                )
                 total = total + w.attention * att
                 parts["attention"] = float(att.detach())
                 parts.update(att_parts)
@@ -270,8 +303,12 @@ class PretrainLoss(nn.Module):
     @staticmethod
     def teacher_forward(model: Teacher, heads: PretrainHeads, batch: dict, explicit: bool):
         enc = model.encoder(
-            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch.get("pixel_mask"),
-            image_type=1, explicit=explicit,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["pixel_values"],
+            batch.get("pixel_mask"),
+            image_type=1,
+            explicit=explicit,
         )
         return enc, heads.itm(enc.pooled)
 
@@ -285,7 +322,9 @@ class PretrainLoss(nn.Module):
             text = enc.hidden[:, : enc.text_len]
             mlm_logits = self.heads.mlm(text).float()
             labels = batch["mlm_labels"]
-            mlm = F.cross_entropy(mlm_logits.reshape(-1, mlm_logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+            mlm = F.cross_entropy(
+                mlm_logits.reshape(-1, mlm_logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+            )
             if not bool((labels != -100).any()):
                 mlm = mlm_logits.sum() * 0.0
             total = w.ground_truth * itm + w.mlm * mlm
@@ -296,7 +335,9 @@ class PretrainLoss(nn.Module):
             need_att = teacher is not None and w.attention > 0
             text = m.encode_text_full(batch["input_ids"], batch["attention_mask"], explicit=need_att)
             image = m.image_tower(
-                pixel_values=batch["pixel_values"], pixel_mask=batch.get("pixel_mask"), image_type=1,
+                pixel_values=batch["pixel_values"],
+                pixel_mask=batch.get("pixel_mask"),
+                image_type=1,
                 explicit=need_att,
             )
             fused = m.fusion(torch.cat([text.pooled, image.pooled], dim=-1))
@@ -392,7 +433,9 @@ def evaluate(model: Teacher | Student, dataset, device: torch.device, batch_size
     task = dataset.task
     if task == "vqa":
         vocab = dataset.answer_vocab
-        scores = [vqa_accuracy(vocab[p], e.answers or []) for p, e in zip(preds, dataset.examples, strict=True)]
+        scores = [
+            vqa_accuracy(vocab[p], e.answers or []) for p, e in zip(preds, dataset.examples, strict=True)
+        ]
         return {"accuracy": 100.0 * sum(scores) / max(len(scores), 1)}
     labels = [e.label for e in dataset.examples]
     if task == "nlvr2":
@@ -408,8 +451,10 @@ def _check_teacher(t: Teacher, task: str, size: str, where: str) -> None:
     if t.task != task:
         raise UserError(f"{where}: a {t.task} teacher cannot teach task {task}")
     if t.config.replace(modality_type_vocab_size=0) != size_config(size).replace(modality_type_vocab_size=0):
-        raise UserError(f"{where}: the teacher's sizes are not size {size!r} (hidden {t.config.hidden_size}, "
-                        f"{t.config.num_layers} layers)")
+        raise UserError(
+            f"{where}: the teacher's sizes are not size {size!r} (hidden {t.config.hidden_size}, "
+            f"{t.config.num_layers} layers)"
+        )
 
 
 def build_teacher(cfg: TrainConfig, task: str, num_labels: int | None) -> Teacher:
@@ -428,7 +473,9 @@ def build_teacher(cfg: TrainConfig, task: str, num_labels: int | None) -> Teache
     return model
 
 
-def load_pretrain_heads(folder: Path, hidden: int, vocab: int | None, eps: float, std: float) -> PretrainHeads:
+def load_pretrain_heads(
+    folder: Path, hidden: int, vocab: int | None, eps: float, std: float
+) -> PretrainHeads:
     heads = PretrainHeads(hidden, vocab, eps, std)
     path = Path(folder) / HEADS_FILE
     if not path.is_file():
@@ -454,7 +501,9 @@ def _autocast(device: torch.device, precision: str):
     return precision, (lambda: torch.autocast("cuda", dtype=dtype))
 
 
-def _save_state(folder: Path, module: nn.Module, optimizer, scheduler, step: int, scaler, cfg: TrainConfig) -> None:
+def _save_state(
+    folder: Path, module: nn.Module, optimizer, scheduler, step: int, scaler, cfg: TrainConfig
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     save_file(state, str(folder / "module.safetensors.tmp"))
@@ -530,23 +579,31 @@ def train(cfg: TrainConfig) -> Path:
         from dde_bench.data import TRAIN_SPLIT
 
         data_dir, tok, sets, answer_vocab = load_task_data(
-            cfg.suite, Path(cfg.cache_root), vl, (TRAIN_SPLIT[task], eval_split),
-            (cfg.train_limit, cfg.eval_limit), progress=cfg.progress and d.main,
+            cfg.suite,
+            Path(cfg.cache_root),
+            vl,
+            (TRAIN_SPLIT[task], eval_split),
+            (cfg.train_limit, cfg.eval_limit),
+            progress=cfg.progress and d.main,
         )
         train_set, eval_set = sets[TRAIN_SPLIT[task]], sets[eval_split]
         eval_set.answer_vocab = answer_vocab
         num_labels = len(answer_vocab) if answer_vocab else None
     else:
-        from dde_bench.data import ensure_data, load_tokenizer
+        from dde_bench.data import ensure_data
 
         data_dir = ensure_data(cfg.suite, Path(cfg.cache_root), progress=cfg.progress and d.main)
-        tok = load_tokenizer(data_dir)
-        train_set = CaptionDataset(data_dir, tok, image_processor_for(vl), vl.max_text_len, limit=cfg.train_limit)
+        tok = load_text_tokenizer(data_dir)
+        train_set = CaptionDataset(
+            data_dir, tok, image_processor_for(vl), vl.max_text_len, limit=cfg.train_limit
+        )
         eval_set, eval_split, answer_vocab, num_labels = None, None, None, None
         if task == "vqa":  # the task head is not trained here, but the model needs its size
             from dde_bench.data import build_vqa_answer_vocab
 
-            answer_vocab = build_vqa_answer_vocab(data_dir, ("train2014",), int(cfg.suite.get("answer_min_count", 1)))
+            answer_vocab = build_vqa_answer_vocab(
+                data_dir, ("train2014",), int(cfg.suite.get("answer_min_count", 1))
+            )
             num_labels = len(answer_vocab)
 
     # models
@@ -560,7 +617,9 @@ def train(cfg: TrainConfig) -> Path:
         teacher = load_teacher(src)
         _check_teacher(teacher, task, cfg.size, str(cfg.teacher))
         if num_labels is not None and teacher.num_labels != num_labels:
-            raise UserError(f"{cfg.teacher}: the teacher has {teacher.num_labels} answers, the data {num_labels}")
+            raise UserError(
+                f"{cfg.teacher}: the teacher has {teacher.num_labels} answers, the data {num_labels}"
+            )
         teacher = teacher.to(device).eval().requires_grad_(False)
         model = Student(teacher.config, task, teacher.num_labels)
         if cfg.init == "teacher":
@@ -679,11 +738,23 @@ def train(cfg: TrainConfig) -> Path:
                 avg["lr"] = scheduler.get_last_lr()[0]
                 log(done, "train", avg)
                 if bar is not None:
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in avg.items() if k in ("loss", "gt", "soft", "attention", "itm_acc")})
+                    bar.set_postfix(
+                        {
+                            k: f"{v:.3f}"
+                            for k, v in avg.items()
+                            if k in ("loss", "gt", "soft", "attention", "itm_acc")
+                        }
+                    )
                 sums, count = {}, 0
             if bar is not None:
                 bar.update(1)
-            if eval_set is not None and d.main and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            if (
+                eval_set is not None
+                and d.main
+                and cfg.eval_every
+                and done % cfg.eval_every == 0
+                and done < cfg.steps
+            ):
                 metrics = evaluate(model, eval_set, device, amp=amp)
                 log(done, "eval", metrics)
                 if bar is not None:
