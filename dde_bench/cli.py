@@ -16,6 +16,7 @@ from dde_bench.bench.commands import run_cmd
 from dde_bench.data.commands import data_app
 from dde_bench.errors import UserError
 from dde_bench.report.commands import compare_cmd, gate_cmd, report_cmd
+from dde_bench.training.commands import reproduce, train_app
 
 app = typer.Typer(
     name="dde-bench",
@@ -31,7 +32,8 @@ app = typer.Typer(
 console = Console()
 app.command("run")(run_cmd)
 app.add_typer(data_app, name="data")
-
+app.add_typer(train_app, name="train")
+app.command("reproduce")(reproduce)
 app.command("report")(report_cmd)
 app.command("compare")(compare_cmd)
 app.command("gate")(gate_cmd)

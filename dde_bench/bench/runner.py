@@ -229,10 +229,8 @@ def _load_or_build(
     if weights == "trained":
         from dde_bench.training import ensure_trained
 
-        path = ensure_trained(
-            suite.card, card, Path(cfg.cache_root), device=str(device), progress=True, quick=cfg.quick
-        )
-        note = f"trained with the {'quick ' if cfg.quick else ''}recipe ({path})"
+        path = ensure_trained(suite.card, card, Path(cfg.cache_root), device=str(device), progress=True)
+        note = f"trained with the quick recipe ({path.name})"
     else:
         path = Path(weights).expanduser()
         note = f"loaded from {path}"

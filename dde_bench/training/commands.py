@@ -1,0 +1,165 @@
+"""``dde-bench train teacher|student`` and ``dde-bench reproduce``: thin commands over the training library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dde_bench.errors import UserError
+
+train_app = typer.Typer(
+    help="Train the ViLT teacher or the DiDE student (tiny models on the synthetic world by default).",
+    no_args_is_help=True,
+)
+
+
+def _suite(name_or_path: str) -> dict:
+    from dde_bench.resources import load_yaml, suite_card
+
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        card = load_yaml(p)
+        card.setdefault("name", p.stem)
+        return card
+    card = suite_card(name_or_path)
+    card.setdefault("name", name_or_path)
+    return card
+
+
+def _check_nproc(nproc: int) -> None:
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {nproc}")
+
+
+@train_app.command("teacher")
+def teacher_cmd(
+    suite: str = typer.Option(..., help="suite name (suites/*.yaml) or a suite YAML file"),
+    init: str = typer.Option(
+        "scratch", help="scratch, a dde-bench teacher checkpoint, or a transformers ViLT folder"
+    ),
+    steps: int = typer.Option(None, help="fine-tuning steps (default: the recipe's)"),
+    pretrain_steps: int = typer.Option(
+        None, help="ITM + MLM pre-training steps before fine-tuning (0 = none)"
+    ),
+    batch_size: int = typer.Option(None, help="batch size per process (default: the recipe's)"),
+    lr: float = typer.Option(None, help="peak learning rate (default: the recipe's)"),
+    recipe: str = typer.Option("quick", help="quick or full"),
+    out: Path = typer.Option(Path("reports/checkpoints/teacher"), help="checkpoint folder"),
+    cache_root: Path = typer.Option(Path("reports/cache"), help="where the synthetic data is cached"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, help="continue from OUT/last after an interruption"),
+    nproc: int = typer.Option(1, help="processes (torchrun / DDP: gloo on CPU, nccl on CUDA)"),
+    threads: int = typer.Option(2, help="CPU threads per process"),
+) -> None:
+    """Train a teacher: optional ITM + MLM pre-training on captions, then fine-tuning on the suite's task."""
+    from dde_bench.env import resolve_device
+    from dde_bench.training.recipes import get_recipe, train_teacher
+
+    _check_nproc(nproc)
+    resolve_device(device)
+    r = get_recipe(recipe)
+    path = train_teacher(
+        _suite(suite),
+        out,
+        r,
+        seed=seed,
+        device=device,
+        cache_root=cache_root,
+        init=init,
+        steps=steps,
+        pretrain_steps=pretrain_steps,
+        batch_size=batch_size,
+        lr=lr,
+        resume=resume,
+        nproc=nproc,
+        threads=threads,
+    )
+    typer.echo(f"teacher written to {path}")
+
+
+@train_app.command("student")
+def student_cmd(
+    suite: str = typer.Option(..., help="suite name (suites/*.yaml) or a suite YAML file"),
+    teacher: Path = typer.Option(..., help="fine-tuned teacher checkpoint folder"),
+    gt: float = typer.Option(0.0, "--gt", help="weight of the ground-truth loss"),
+    soft: float = typer.Option(1.0, help="weight of the soft-label distillation loss"),
+    attention: float = typer.Option(1.0, help="weight of the cross-modal attention distillation loss"),
+    temperature: float = typer.Option(1.0, help="soft-label temperature"),
+    pretrain_distill: bool = typer.Option(
+        False, help="distil in a pre-training stage on captions first (needs TEACHER/pretrain)"
+    ),
+    pretrain_steps: int = typer.Option(None, help="steps of the pre-training distillation stage"),
+    steps: int = typer.Option(None, help="fine-tuning steps (default: the recipe's)"),
+    batch_size: int = typer.Option(None),
+    lr: float = typer.Option(None),
+    recipe: str = typer.Option("quick", help="quick or full"),
+    out: Path = typer.Option(Path("reports/checkpoints/student"), help="checkpoint folder"),
+    cache_root: Path = typer.Option(Path("reports/cache")),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, help="continue from OUT/last after an interruption"),
+    nproc: int = typer.Option(1, help="processes (torchrun / DDP)"),
+    threads: int = typer.Option(2, help="CPU threads per process"),
+) -> None:
+    """Train a DiDE student: towers from the teacher, then ground truth / soft labels / attention distillation."""
+    from dde_bench.env import resolve_device
+    from dde_bench.modeling.checkpoint import read_config
+    from dde_bench.training.recipes import get_recipe, train_student
+    from dde_bench.training.trainer import LossWeights
+
+    _check_nproc(nproc)
+    resolve_device(device)
+    cfg = read_config(teacher)
+    if cfg.get("kind") not in (None, "teacher"):
+        raise UserError(f"{teacher}: this is a {cfg.get('kind')} checkpoint, a teacher was expected")
+    path = train_student(
+        _suite(suite),
+        teacher,
+        out,
+        LossWeights(gt, soft, attention, temperature),
+        get_recipe(recipe),
+        pretrain_distill=pretrain_distill,
+        seed=seed,
+        device=device,
+        cache_root=cache_root,
+        steps=steps,
+        pretrain_steps=pretrain_steps,
+        batch_size=batch_size,
+        lr=lr,
+        resume=resume,
+        nproc=nproc,
+        threads=threads,
+    )
+    typer.echo(f"student written to {path}")
+
+
+def reproduce(
+    suite: str = typer.Option("nlvr2", help="suite name or YAML file"),
+    seeds: int = typer.Option(2, help="number of seeds (0 .. N-1)"),
+    quick: bool = typer.Option(True, help="the quick recipe (tiny models, minutes); --no-quick = full"),
+    out: Path = typer.Option(Path("reports/reproduce")),
+    cache_root: Path = typer.Option(Path("reports/cache")),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
+    threads: int = typer.Option(2),
+) -> None:
+    """The paper-style ablation on the synthetic world: teacher, students without / with each distillation,
+    accuracy (mean and std over seeds) and measured speedup over the teacher with cached image features."""
+    from dde_bench.env import resolve_device
+    from dde_bench.training.reproduce import run_reproduce
+
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    resolve_device(device)
+    paths = run_reproduce(
+        _suite(suite),
+        out,
+        seeds=seeds,
+        recipe_name="quick" if quick else "full",
+        cache_root=cache_root,
+        device=device,
+        threads=threads,
+    )
+    for p in paths:
+        typer.echo(f"wrote {p}")

@@ -1,0 +1,129 @@
+"""The pre-training stage on image-caption pairs: image-text matching (ITM) and masked language modelling (MLM).
+
+The synthetic world writes ``captions.jsonl`` (one ``{"image", "caption", "split"}`` line per training image).
+A pre-training batch pairs every caption with its image or, for about half of them, with another image of the
+batch (a shuffled image, the ITM negative); ITM label 1 = matched. 15% of the caption's word tokens are
+masked (BERT's 80% [MASK] / 10% random word / 10% unchanged); the MLM loss counts matched pairs only.
+
+Teacher: ITM = Linear(h, 2) on the pooled vector of the joint stack; MLM = Linear-GELU-LayerNorm-Linear over the
+text positions. Student (dual encoder): ITM = Linear(h, 2) on the fusion MLP's output over [text; image] pooled
+vectors, trained on ITM with soft-label distillation of the teacher's ITM logits and cross-modal attention
+distillation (same batch tensors as the teacher). The student has no MLM objective: its text tower never sees
+the image, so masked-word prediction could not ground words in patches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dde_bench.data.images import ImageProcessor
+from dde_bench.errors import UserError
+
+
+class CaptionDataset:
+    """Image-caption pairs of one split, pre-tokenised, images decoded once into one uint8 tensor."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        tokenizer,
+        processor: ImageProcessor,
+        max_len: int,
+        split: str = "train",
+        limit: int | None = None,
+    ):
+        path = Path(data_dir) / "captions.jsonl"
+        if not path.is_file():
+            raise UserError(
+                f"{path}: no captions for the pre-training stage (the synthetic world writes them)"
+            )
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    if row.get("split", split) == split:
+                        rows.append(row)
+        if limit is not None:
+            rows = rows[:limit]
+        if len(rows) < 2:
+            raise UserError(f"{path}: fewer than two {split} captions; ITM needs negatives")
+        enc = tokenizer(
+            [r["caption"] for r in rows],
+            padding="max_length",
+            truncation=True,
+            max_length=max_len,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        self.input_ids = enc["input_ids"].long()
+        self.attention_mask = enc["attention_mask"].long()
+        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.mask_id = int(tokenizer.mask_token_id)
+        self.vocab_size = len(tokenizer)
+        images = [processor.load_uint8(Path(data_dir) / r["image"]) for r in rows]
+        if len({tuple(t.shape) for t in images}) != 1:
+            raise UserError(f"{path}: pre-training needs images of one size")
+        self.images = torch.stack(images)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator, mlm_prob: float = 0.15) -> dict:
+        """ITM pairs and MLM masking for the captions at ``indices``; randomness from ``generator`` only."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        b = len(idx)
+        T = max(int(self.attention_mask[idx].sum(1).max()), 1)
+        ids = self.input_ids[idx, :T].clone()
+        am = self.attention_mask[idx, :T]
+        # ITM: about half the pairs get another image of the batch (a cyclic shift of a random order)
+        negative = torch.rand(b, generator=generator) < 0.5
+        perm = torch.randperm(b, generator=generator)
+        other = torch.empty(b, dtype=torch.long)
+        other[perm] = perm.roll(1)
+        image_rows = torch.where(negative, idx[other], idx)
+        itm_labels = (~negative).long()
+        # MLM
+        candidates = am.bool() & ~torch.isin(ids, self.special_ids)
+        chosen = candidates & (torch.rand(ids.shape, generator=generator) < mlm_prob)
+        mlm_labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+        mlm_labels[negative] = -100
+        r = torch.rand(ids.shape, generator=generator)
+        ids[chosen & (r < 0.8)] = self.mask_id
+        rand_word = chosen & (r >= 0.8) & (r < 0.9)
+        ids[rand_word] = torch.randint(self.vocab_size, ids.shape, generator=generator)[rand_word]
+        raw = self.images[image_rows]
+        return {
+            "input_ids": ids,
+            "attention_mask": am,
+            "pixel_values": ImageProcessor.normalize(raw),
+            "pixel_mask": None,
+            "itm_labels": itm_labels,
+            "mlm_labels": mlm_labels,
+        }
+
+
+class MLMHead(nn.Sequential):
+    """BERT's MLM head: Linear - GELU - LayerNorm - Linear(h, vocab)."""
+
+    def __init__(self, hidden: int, vocab: int, eps: float):
+        super().__init__(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=eps), nn.Linear(hidden, vocab)
+        )
+
+
+class PretrainHeads(nn.Module):
+    """ITM (Linear(h, 2)) and, for the teacher, MLM heads used only in the pre-training stage."""
+
+    def __init__(self, hidden: int, vocab: int | None, eps: float, std: float):
+        super().__init__()
+        self.itm = nn.Linear(hidden, 2)
+        self.mlm = MLMHead(hidden, vocab, eps) if vocab else None
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=std)
+                nn.init.zeros_(m.bias)

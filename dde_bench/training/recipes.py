@@ -1,0 +1,341 @@
+"""Recipes (how long and how hard to train), the teacher and student pipelines, and ``ensure_trained``.
+
+A pipeline chains training stages (:func:`dde_bench.training.trainer.train`):
+
+* teacher: pre-training (ITM + MLM on the world's captions, into ``out/pretrain``) when the recipe has
+  pre-training steps, then fine-tuning on the task (into ``out``) initialised from it;
+* student: towers initialised from the fine-tuned teacher and fine-tuned with the card's loss weights; or, with
+  ``pretrain_distill``, first initialised from the *pre-trained* teacher and distilled on captions
+  (ITM soft labels + attention, into ``out/pretrain``), then fine-tuned with distillation from the fine-tuned
+  teacher (the task head copied from it).
+
+``ensure_trained`` is what the benchmark harness calls to get the default ``weights: trained`` models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from dde_bench.errors import UserError
+from dde_bench.training.trainer import LossWeights, OptimConfig, TrainConfig, train
+
+RECIPE_VERSION = 1  # bump when the pipeline's behaviour changes for the same settings (cache key)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Step counts and optimizer settings of a pipeline (tiny models on the synthetic world by default)."""
+
+    name: str
+    size: str = "tiny"
+    teacher_pretrain_steps: int = 0
+    teacher_steps: int = 1000
+    student_pretrain_steps: int = 0
+    student_steps: int = 500
+    batch_size: int = 32
+    teacher_lr: float = 3e-4
+    student_lr: float = 3e-4
+    head_lr_mult: float = 1.0  # VQA: x10 as in the paper recipe (applied by optim_for)
+    warmup_ratio: float = 0.1
+    clip_norm: float = 1.0
+    eval_limit: int | None = None
+    eval_every: int = 0  # evaluate every N fine-tuning steps (0 = only at the end)
+
+    def optim_for(self, task: str, lr: float) -> OptimConfig:
+        mult = self.head_lr_mult * (10.0 if task == "vqa" else 1.0)
+        return OptimConfig(lr=lr, head_lr_mult=mult, warmup_ratio=self.warmup_ratio, clip_norm=self.clip_norm)
+
+
+QUICK = Recipe(
+    name="quick",
+    teacher_pretrain_steps=0,
+    teacher_steps=400,
+    student_pretrain_steps=100,
+    student_steps=200,
+    batch_size=32,
+)
+FULL = Recipe(
+    name="full",
+    teacher_pretrain_steps=1000,
+    teacher_steps=2000,
+    student_pretrain_steps=500,
+    student_steps=1500,
+    batch_size=32,
+)
+RECIPES = {"quick": QUICK, "full": FULL}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def run_stage(cfg: TrainConfig, nproc: int = 1) -> Path:
+    """Run one stage in this process, or under ``torch.distributed.run`` with ``nproc`` processes."""
+    if nproc <= 1:
+        return train(cfg)
+    from dde_bench.data import ensure_data
+
+    ensure_data(cfg.suite, Path(cfg.cache_root), progress=cfg.progress)  # once, before the ranks start
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cfg.to_dict(), f)
+        path = f.name
+    try:
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (cfg.threads or 1))))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "dde_bench.training.launch",
+            path,
+        ]
+        rc = subprocess.call(cmd, env=env)
+    finally:
+        os.unlink(path)
+    if rc != 0:
+        raise UserError(f"distributed training failed (torch.distributed.run exit code {rc})")
+    return Path(cfg.out)
+
+
+def _stage_cfg(base: dict, **kw) -> TrainConfig:
+    return TrainConfig(**{**base, **kw})
+
+
+def train_teacher(
+    suite: dict,
+    out: Path,
+    recipe: Recipe = QUICK,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    cache_root: Path = Path("reports/cache"),
+    init: str = "scratch",
+    steps: int | None = None,
+    pretrain_steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    resume: bool = False,
+    nproc: int = 1,
+    progress: bool = True,
+    threads: int | None = 2,
+    eval_limit: int | None = None,
+) -> Path:
+    """Pre-train (if any pre-training steps) then fine-tune a teacher into ``out``; return ``out``."""
+    task = str(suite.get("task", suite.get("name")))
+    lr = lr if lr is not None else recipe.teacher_lr
+    base = dict(
+        kind="teacher",
+        suite=suite,
+        size=recipe.size,
+        cache_root=str(cache_root),
+        seed=seed,
+        device=device,
+        batch_size=batch_size or recipe.batch_size,
+        optim=recipe.optim_for(task, lr),
+        resume=resume,
+        progress=progress,
+        threads=threads,
+        eval_every=recipe.eval_every,
+        eval_limit=eval_limit if eval_limit is not None else recipe.eval_limit,
+    )
+    out = Path(out)
+    n_pre = recipe.teacher_pretrain_steps if pretrain_steps is None else pretrain_steps
+    if n_pre > 0:
+        pre = out / "pretrain"
+        if not (pre / "config.json").is_file():
+            run_stage(_stage_cfg(base, out=str(pre), stage="pretrain", steps=n_pre, init=init), nproc)
+        init = str(pre)
+    run_stage(_stage_cfg(base, out=str(out), steps=steps or recipe.teacher_steps, init=init), nproc)
+    return out
+
+
+def train_student(
+    suite: dict,
+    teacher: Path,
+    out: Path,
+    weights: LossWeights,
+    recipe: Recipe = QUICK,
+    *,
+    pretrain_distill: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    cache_root: Path = Path("reports/cache"),
+    steps: int | None = None,
+    pretrain_steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    resume: bool = False,
+    nproc: int = 1,
+    progress: bool = True,
+    threads: int | None = 2,
+    eval_limit: int | None = None,
+) -> Path:
+    """Train a student from ``teacher`` (a fine-tuned teacher folder) with ``weights``; return ``out``.
+
+    With ``pretrain_distill`` the teacher folder must hold its pre-training stage (``teacher/pretrain``)."""
+    task = str(suite.get("task", suite.get("name")))
+    lr = lr if lr is not None else recipe.student_lr
+    base = dict(
+        kind="student",
+        suite=suite,
+        size=recipe.size,
+        cache_root=str(cache_root),
+        seed=seed,
+        device=device,
+        batch_size=batch_size or recipe.batch_size,
+        optim=recipe.optim_for(task, lr),
+        resume=resume,
+        progress=progress,
+        threads=threads,
+        teacher=str(teacher),
+        weights=weights,
+        eval_every=recipe.eval_every,
+        eval_limit=eval_limit if eval_limit is not None else recipe.eval_limit,
+    )
+    out = Path(out)
+    init = "teacher"
+    if pretrain_distill:
+        n_pre = recipe.student_pretrain_steps if pretrain_steps is None else pretrain_steps
+        if not (Path(teacher) / "pretrain" / "config.json").is_file():
+            raise UserError(
+                f"{teacher}: no pre-trained teacher in {Path(teacher) / 'pretrain'}; pre-training distillation "
+                "needs a teacher trained with a pre-training stage (--pretrain-steps > 0)"
+            )
+        if n_pre <= 0:
+            raise UserError("pre-training distillation needs --pretrain-steps > 0")
+        pre = out / "pretrain"
+        pre_weights = replace(weights, ground_truth=weights.ground_truth)
+        if not (pre / "config.json").is_file():
+            run_stage(
+                _stage_cfg(
+                    base, out=str(pre), stage="pretrain", steps=n_pre, init="teacher", weights=pre_weights
+                ),
+                nproc,
+            )
+        init = str(pre)
+    run_stage(_stage_cfg(base, out=str(out), steps=steps or recipe.student_steps, init=init), nproc)
+    return out
+
+
+# --- the harness entry ------------------------------------------------------------------------------------
+
+
+def _card_core(card: dict) -> dict:
+    return {k: v for k, v in card.items() if k not in ("description", "name")}
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _data_key(suite: dict) -> dict:
+    from dde_bench.data.cache import synth_settings
+
+    data = suite.get("data") or {}
+    if data.get("data_dir") or data.get("source") == "dir":
+        return {"data_dir": str(data.get("data_dir"))}
+    return synth_settings(suite)
+
+
+def _atomic_train(final: Path, fn) -> Path:
+    """Run ``fn(tmp_folder)`` and rename its result into ``final`` (never leaves a half-written checkpoint)."""
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        fn(tmp)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def ensure_trained(
+    suite_card: dict,
+    model_card: dict,
+    cache_root: Path,
+    device="auto",
+    progress: bool = True,
+    recipe: Recipe = QUICK,
+) -> Path:
+    """Checkpoint folder of a ``weights: trained`` model card, trained with ``recipe`` (QUICK) if not cached.
+
+    Checkpoints live under ``cache_root/checkpoints/{card}-{task}-{key}``, the key hashing the suite's data
+    settings, the card (without its description), the recipe and, for a student, its teacher's key; the
+    synthetic data goes to ``cache_root/synthetic``. A student card names its ``teacher`` card (trained first
+    through this same function) and its ``distill`` weights (``ground_truth``, ``soft``, ``attention``,
+    optional ``temperature``); ``pretrain_distill: true`` adds the pre-training distillation stage. ``seed``
+    in the card (default 0) seeds the run. Training happens in a temporary folder renamed into place, so an
+    interrupted run is never mistaken for a finished one."""
+    from dde_bench.resources import model_card as load_card
+
+    name = model_card.get("name", "model")
+    if model_card.get("weights") != "trained":
+        raise UserError(f"model card {name!r}: weights is {model_card.get('weights')!r}, not 'trained'")
+    kind = model_card.get("kind")
+    task = str(suite_card.get("task", suite_card.get("name")))
+    size = model_card.get("size", recipe.size)
+    recipe = replace(recipe, size=size)
+    seed = int(model_card.get("seed", 0))
+    dev = str(device)
+    root = Path(cache_root) / "checkpoints"
+    if kind == "teacher":
+        key = _key(RECIPE_VERSION, _data_key(suite_card), _card_core(model_card), asdict(recipe))
+        return _atomic_train(
+            root / f"{name}-{task}-{key}",
+            lambda tmp: train_teacher(
+                suite_card, tmp, recipe, seed=seed, device=dev, cache_root=Path(cache_root), progress=progress
+            ),
+        )
+    if kind != "student":
+        raise UserError(f"model card {name!r}: unknown kind {kind!r} (teacher or student)")
+    if not model_card.get("teacher"):
+        raise UserError(f"model card {name!r}: a trained student needs a 'teacher' card")
+    t_card = load_card(model_card["teacher"])
+    t_path = ensure_trained(suite_card, t_card, cache_root, device, progress, recipe)
+    d = dict(model_card.get("distill") or {})
+    unknown = set(d) - {"ground_truth", "soft", "attention", "temperature"}
+    if unknown:
+        raise UserError(f"model card {name!r}: unknown distill keys {sorted(unknown)}")
+    weights = LossWeights(
+        ground_truth=float(d.get("ground_truth", 0.0)),
+        soft=float(d.get("soft", 1.0)),
+        attention=float(d.get("attention", 1.0)),
+        temperature=float(d.get("temperature", 1.0)),
+    )
+    key = _key(RECIPE_VERSION, _data_key(suite_card), _card_core(model_card), asdict(recipe), t_path.name)
+    return _atomic_train(
+        root / f"{name}-{task}-{key}",
+        lambda tmp: train_student(
+            suite_card,
+            t_path,
+            tmp,
+            weights,
+            recipe,
+            pretrain_distill=bool(model_card.get("pretrain_distill", False)),
+            seed=seed,
+            device=dev,
+            cache_root=Path(cache_root),
+            progress=progress,
+        ),
+    )

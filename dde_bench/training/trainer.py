@@ -1,0 +1,803 @@
+"""One training loop for the teacher and the student, fine-tuning and pre-training, single process or DDP.
+
+A run is described by one :class:`TrainConfig` (optimizer settings in :class:`OptimConfig`, loss weights in
+:class:`LossWeights`) and executed by :func:`train`, which writes into ``cfg.out``:
+
+* ``model.safetensors`` + ``config.json`` -- the final model (``save_model``; ``meta`` = the full training config,
+  the eval metrics and the git commit);
+* ``metrics.csv`` (one row per logged step / evaluation) and TensorBoard events under ``tb/``;
+* ``last/`` -- the resumable state (model, optimizer, scheduler, step, RNG), rewritten every ``save_every``
+  steps; ``resume=True`` continues from it.
+
+Determinism: the data order is a permutation of (seed, epoch) and every random draw inside a step (ITM
+negatives, MLM masks) comes from a generator seeded by (seed, step), so a resumed run sees exactly the batches an
+uninterrupted run would; with no dropout in the models, resumed weights equal uninterrupted ones on CPU.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (gloo on CPU, nccl on CUDA);
+each global batch of ``batch_size x world_size`` examples is cut into one contiguous shard per rank; only rank 0
+evaluates, logs and writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dde_bench.errors import UserError
+from dde_bench.modeling.checkpoint import load_state_checked, load_student, load_teacher, save_model
+from dde_bench.modeling.config import size_config
+from dde_bench.modeling.models import Student, Teacher, num_images
+from dde_bench.training.losses import cross_modal_attention_loss, soft_label_loss, task_loss
+from dde_bench.training.pretrain import CaptionDataset, PretrainHeads
+
+KINDS = ("teacher", "student")
+STAGES = ("finetune", "pretrain")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HEADS_FILE = "pretrain_heads.safetensors"
+STATE_DIR = "last"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and linear decay to 0 (DiDE / ViLT recipe)."""
+
+    lr: float = 1e-4
+    head_lr_mult: float = 1.0  # task head (and pre-training heads) lr multiplier; VQA uses 10
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_ratio: float = 0.1
+    clip_norm: float = 1.0  # 0 = no clipping
+
+
+@dataclass
+class LossWeights:
+    """Weights of the loss terms. Fine-tuning: ground truth, soft labels, attention. Pre-training: ITM (ground
+    truth), MLM (teacher only), ITM soft labels, attention."""
+
+    ground_truth: float = 1.0
+    soft: float = 0.0
+    attention: float = 0.0
+    temperature: float = 1.0
+    mlm: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training stage depends on (recorded in the checkpoint's meta)."""
+
+    kind: str  # teacher | student
+    suite: dict  # the suite card (name, task, data, eval_split)
+    out: str
+    stage: str = "finetune"  # finetune | pretrain
+    size: str = "tiny"
+    cache_root: str = "reports/cache"
+    init: str = "scratch"  # teacher: scratch | dde-bench checkpoint | transformers ViLT folder;
+    # student: "teacher" (towers from --teacher) or a student checkpoint (e.g. from its pre-training stage)
+    teacher: str | None = None  # student: the teacher checkpoint distilled from (and initialised from)
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    weights: LossWeights = field(default_factory=LossWeights)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    threads: int | None = 2  # torch.set_num_threads on CPU; None leaves it alone
+    log_every: int = 50
+    eval_every: int = 0  # 0 = only at the end
+    save_every: int = 0  # resumable state every N steps; 0 = only at the end
+    eval_limit: int | None = None  # evaluate on the first N eval examples (None = all)
+    train_limit: int | None = None  # train on the first N training examples (tests, quick checks)
+    resume: bool = False
+    progress: bool = True
+    stop_after: int | None = None  # stop (state saved) after this many steps, as an interruption would
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["optim"] = OptimConfig(
+            **{**d.get("optim", {}), "betas": tuple(d.get("optim", {}).get("betas", (0.9, 0.98)))}
+        )
+        d["weights"] = LossWeights(**d.get("weights", {}))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# --- distributed -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group torchrun set up (WORLD_SIZE > 1); a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+
+def image_processor_for(cfg):
+    """The image sizes a model config implies: tiny worlds at their native size, paper sizes ViLT's resize."""
+    from dde_bench.data.images import ImageProcessor
+
+    if cfg.image_size <= 128:
+        return ImageProcessor(cfg.image_size, cfg.image_size, cfg.patch_size)
+    return ImageProcessor.vilt(cfg.image_size, cfg.patch_size)
+
+
+def load_text_tokenizer(data_dir: Path):
+    """The suite's WordPiece tokenizer, checked to hold the whole ``vocab.txt``.
+
+    Guard against a transformers 5 incompatibility: ``BertTokenizerFast(vocab_file=...)`` silently ignores the
+    file there (the keyword is ``vocab``) and yields a 5-token vocabulary that maps every word to [UNK], which
+    makes every text identical and pins any model at chance. If ``data.load_tokenizer`` returns fewer tokens
+    than the file has lines, the tokenizer is rebuilt with ``vocab=``."""
+    from transformers import BertTokenizerFast
+
+    from dde_bench.data import load_tokenizer
+
+    tok = load_tokenizer(data_dir)
+    vocab = Path(data_dir) / "vocab.txt"
+    lines = sum(1 for line in vocab.read_text(encoding="utf-8").splitlines() if line)
+    if len(tok) < lines:
+        tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+        if len(tok) < lines or tok.pad_token_id != 0:
+            raise UserError(f"{vocab}: the tokenizer loads {len(tok)} of its {lines} tokens")
+    return tok
+
+
+def suite_task(suite: dict) -> str:
+    return str(suite.get("task", suite.get("name")))
+
+
+def load_task_data(
+    suite: dict, cache_root: Path, model_cfg, splits: tuple[str, ...], limits=(), progress=False
+):
+    """(data_dir, tokenizer, {split: TaskDataset}, answer_vocab) for a suite."""
+    from dde_bench.data import TaskDataset, build_vqa_answer_vocab, ensure_data, load_split
+
+    task = suite_task(suite)
+    data_dir = ensure_data(suite, Path(cache_root), progress=progress)
+    tok = load_text_tokenizer(data_dir)
+    if len(tok) > model_cfg.vocab_size:
+        raise UserError(
+            f"{data_dir}/vocab.txt has {len(tok)} tokens but the model's vocabulary holds {model_cfg.vocab_size}"
+        )
+    answer_vocab = None
+    opts = {}
+    if task == "vqa":
+        answer_vocab = build_vqa_answer_vocab(data_dir, ("train2014",), int(suite.get("answer_min_count", 1)))
+        opts["answer_vocab"] = answer_vocab
+    proc = image_processor_for(model_cfg)
+    out = {}
+    for i, split in enumerate(splits):
+        examples = load_split(task, data_dir, split, **opts)
+        limit = limits[i] if i < len(limits) else None
+        if limit is not None:
+            examples = examples[:limit]
+        if not examples:
+            raise UserError(f"{data_dir}: split {split!r} has no examples")
+        out[split] = TaskDataset(
+            task,
+            examples,
+            tok,
+            proc,
+            model_cfg.max_text_len,
+            num_answers=len(answer_vocab) if answer_vocab else None,
+        )
+    return data_dir, tok, out, answer_vocab
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
+
+
+def shard_indices(n: int, batch_size: int, step: int, seed: int, d: Dist) -> torch.Tensor:
+    """The indices rank ``d.rank`` trains on at ``step``: epoch-wise permutations of (seed, epoch), global
+    batches of ``batch_size * world`` drawn in order (the last incomplete one dropped), one shard per rank."""
+    g = batch_size * d.world
+    per_epoch = max(n // g, 1)
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    if n < g:
+        perm = perm.repeat(-(-g // n))
+    glob = perm[pos * g : (pos + 1) * g]
+    return glob[d.rank * batch_size : (d.rank + 1) * batch_size]
+
+
+# --- models wrapped as loss modules (one forward per step, as DDP wants) --------------------------------
+
+
+class _Frozen:
+    """Holds the teacher outside the module tree (no gradients, not in the optimizer, not wrapped by DDP)."""
+
+    def __init__(self, model: nn.Module | None):
+        self.model = model
+
+
+class TaskLoss(nn.Module):
+    """Fine-tuning: the ground-truth loss, plus soft-label and attention distillation for a student."""
+
+    def __init__(self, model: Teacher | Student, weights: LossWeights, teacher: Teacher | None = None):
+        super().__init__()
+        self.model = model
+        self.weights = weights
+        self.frozen = _Frozen(teacher)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        w = self.weights
+        m = self.model
+        teacher = self.frozen.model
+        need_att = teacher is not None and w.attention > 0
+        args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch.get("pixel_mask"))
+        parts: dict[str, float] = {}
+        total = torch.zeros((), device=batch["input_ids"].device)
+        if isinstance(m, Teacher):
+            logits = m.forward_full(*args).logits
+        else:
+            out = m.forward_full(*args, explicit=need_att)
+            logits = out.logits
+        if w.ground_truth > 0 or teacher is None:
+            gt = task_loss(m.task, logits, batch)
+            total = total + (w.ground_truth if teacher is not None else 1.0) * gt
+            parts["gt"] = float(gt.detach())
+        if teacher is not None and (w.soft > 0 or need_att):
+            with torch.no_grad():
+                t_out = teacher.forward_full(*args, explicit=need_att)
+            if w.soft > 0:
+                soft = soft_label_loss(m.task, logits, t_out.logits, w.temperature)
+                total = total + w.soft * soft
+                parts["soft"] = float(soft.detach())
+            if need_att:
+                att, att_parts = cross_modal_attention_loss(
+                    t_out.encoder, out.text, out.image, num_images(m.task)
+                )
+                total = total + w.attention * att
+                parts["attention"] = float(att.detach())
+                parts.update(att_parts)
+        parts["loss"] = float(total.detach())
+        return total, parts
+
+
+class PretrainLoss(nn.Module):
+    """Pre-training: teacher ITM + MLM; student ITM with soft-label and attention distillation."""
+
+    def __init__(self, model: Teacher | Student, heads: PretrainHeads, weights: LossWeights, teacher=None):
+        super().__init__()
+        self.model = model
+        self.heads = heads
+        self.weights = weights
+        self.frozen = _Frozen(teacher)  # (Teacher, PretrainHeads) or None
+
+    @staticmethod
+    def teacher_forward(model: Teacher, heads: PretrainHeads, batch: dict, explicit: bool):
+        enc = model.encoder(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["pixel_values"],
+            batch.get("pixel_mask"),
+            image_type=1,
+            explicit=explicit,
+        )
+        return enc, heads.itm(enc.pooled)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        w = self.weights
+        m = self.model
+        parts: dict[str, float] = {}
+        if isinstance(m, Teacher):
+            enc, itm_logits = self.teacher_forward(m, self.heads, batch, explicit=False)
+            itm = F.cross_entropy(itm_logits.float(), batch["itm_labels"])
+            text = enc.hidden[:, : enc.text_len]
+            mlm_logits = self.heads.mlm(text).float()
+            labels = batch["mlm_labels"]
+            mlm = F.cross_entropy(
+                mlm_logits.reshape(-1, mlm_logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+            )
+            if not bool((labels != -100).any()):
+                mlm = mlm_logits.sum() * 0.0
+            total = w.ground_truth * itm + w.mlm * mlm
+            parts.update(itm=float(itm.detach()), mlm=float(mlm.detach()))
+            parts["itm_acc"] = float((itm_logits.argmax(-1) == batch["itm_labels"]).float().mean())
+        else:
+            teacher = self.frozen.model
+            need_att = teacher is not None and w.attention > 0
+            text = m.encode_text_full(batch["input_ids"], batch["attention_mask"], explicit=need_att)
+            image = m.image_tower(
+                pixel_values=batch["pixel_values"],
+                pixel_mask=batch.get("pixel_mask"),
+                image_type=1,
+                explicit=need_att,
+            )
+            fused = m.fusion(torch.cat([text.pooled, image.pooled], dim=-1))
+            itm_logits = self.heads.itm(fused)
+            total = torch.zeros((), device=itm_logits.device)
+            if w.ground_truth > 0 or teacher is None:
+                itm = F.cross_entropy(itm_logits.float(), batch["itm_labels"])
+                total = total + w.ground_truth * itm
+                parts["itm"] = float(itm.detach())
+            if teacher is not None and (w.soft > 0 or need_att):
+                t_model, t_heads = teacher
+                with torch.no_grad():
+                    t_enc, t_itm = self.teacher_forward(t_model, t_heads, batch, explicit=need_att)
+                if w.soft > 0:
+                    soft = soft_label_loss("itm", itm_logits, t_itm, w.temperature)
+                    total = total + w.soft * soft
+                    parts["soft"] = float(soft.detach())
+                if need_att:
+                    att, att_parts = cross_modal_attention_loss(t_enc, text, image, 1)
+                    total = total + w.attention * att
+                    parts["attention"] = float(att.detach())
+                    parts.update(att_parts)
+            parts["itm_acc"] = float((itm_logits.argmax(-1) == batch["itm_labels"]).float().mean())
+        parts["loss"] = float(total.detach())
+        return total, parts
+
+
+# --- optimizer --------------------------------------------------------------------------------------------
+
+
+def param_groups(module: nn.Module, optim: OptimConfig) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms and embedding tables/tokens; head lr x head_lr_mult.
+
+    "Head" = the task head and the pre-training heads (the parts trained from scratch on top of the encoder)."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = (
+            p.ndim < 2
+            or "norm" in name
+            or ".word." in name
+            or ".position" in name
+            or ".token_type." in name
+            or "modality_type" in name
+            or "cls_token" in name
+        )
+        is_head = name.startswith(("model.head.", "heads.", "head."))
+        groups.setdefault((no_decay, is_head), []).append(p)
+    out = []
+    for (no_decay, is_head), params in sorted(groups.items()):
+        out.append(
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else optim.weight_decay,
+                "lr": optim.lr * (optim.head_lr_mult if is_head else 1.0),
+            }
+        )
+    return out
+
+
+def lr_lambda(total: int, warmup_ratio: float):
+    warm = int(total * warmup_ratio)
+
+    def f(step: int) -> float:
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return f
+
+
+# --- evaluation -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: Teacher | Student, dataset, device: torch.device, batch_size: int = 64, amp=None) -> dict:
+    """The task's official metric on ``dataset``: NLVR2 accuracy + consistency, SNLI-VE accuracy, VQA accuracy
+    (leave-one-out over the 10 answers). Values in percent."""
+    from dde_bench.metrics import accuracy, nlvr2_metrics, vqa_accuracy
+
+    was_training = model.training
+    model.eval()
+    preds: list[int] = []
+    ids: list[str] = []
+    for batch in dataset.batches(batch_size):
+        b = to_device(batch, device)
+        with amp() if amp else nullcontext():
+            logits = model(b["input_ids"], b["attention_mask"], b["pixel_values"], b.get("pixel_mask"))
+        preds += logits.float().argmax(-1).tolist()
+        ids += batch["ids"]
+    model.train(was_training)
+    task = dataset.task
+    if task == "vqa":
+        vocab = dataset.answer_vocab
+        scores = [
+            vqa_accuracy(vocab[p], e.answers or []) for p, e in zip(preds, dataset.examples, strict=True)
+        ]
+        return {"accuracy": 100.0 * sum(scores) / max(len(scores), 1)}
+    labels = [e.label for e in dataset.examples]
+    if task == "nlvr2":
+        m = nlvr2_metrics(ids, preds, labels)
+        return {k: 100.0 * v for k, v in m.items()}
+    return {"accuracy": 100.0 * accuracy(preds, labels)}
+
+
+# --- building the models ------------------------------------------------------------------------------------
+
+
+def _check_teacher(t: Teacher, task: str, size: str, where: str) -> None:
+    if t.task != task:
+        raise UserError(f"{where}: a {t.task} teacher cannot teach task {task}")
+    if t.config.replace(modality_type_vocab_size=0) != size_config(size).replace(modality_type_vocab_size=0):
+        raise UserError(
+            f"{where}: the teacher's sizes are not size {size!r} (hidden {t.config.hidden_size}, "
+            f"{t.config.num_layers} layers)"
+        )
+
+
+def build_teacher(cfg: TrainConfig, task: str, num_labels: int | None) -> Teacher:
+    """A teacher initialised from scratch, from a dde-bench checkpoint (task head re-initialised if the task
+    differs), or from a transformers ViLT folder."""
+    vl = size_config(cfg.size)
+    if cfg.init == "scratch":
+        return Teacher(vl, task, num_labels)
+    src = load_teacher(cfg.init)
+    model = Teacher(src.config, task, num_labels)
+    own = model.state_dict()
+    state = {k: v for k, v in src.state_dict().items() if k in own and v.shape == own[k].shape}
+    if src.task != task:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def load_pretrain_heads(
+    folder: Path, hidden: int, vocab: int | None, eps: float, std: float
+) -> PretrainHeads:
+    heads = PretrainHeads(hidden, vocab, eps, std)
+    path = Path(folder) / HEADS_FILE
+    if not path.is_file():
+        raise UserError(f"{folder}: no {HEADS_FILE} (not the output of a pre-training stage)")
+    state = load_file(str(path))
+    if vocab is None:
+        state = {k: v for k, v in state.items() if not k.startswith("mlm.")}
+    load_state_checked(heads, state, str(path))
+    return heads
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision in ("bf16", "fp16") and device.type != "cuda":
+        raise UserError(f"--precision {precision} needs CUDA; use fp32 on {device.type}")
+    if precision == "fp32":
+        return precision, None
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return precision, (lambda: torch.autocast("cuda", dtype=dtype))
+
+
+def _save_state(
+    folder: Path, module: nn.Module, optimizer, scheduler, step: int, scaler, cfg: TrainConfig
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / "module.safetensors.tmp"))
+    (folder / "module.safetensors.tmp").replace(folder / "module.safetensors")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "step": step,
+            "rng": rng,
+        },
+        folder / "trainer.pt.tmp",
+    )
+    (folder / "trainer.pt.tmp").replace(folder / "trainer.pt")
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+
+def _load_state(folder: Path, module: nn.Module, optimizer, scheduler, scaler) -> int:
+    try:
+        load_state_checked(module, load_file(str(folder / "module.safetensors")), str(folder))
+        st = torch.load(folder / "trainer.pt", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"{folder}: cannot resume ({e})") from None
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    if scaler is not None and st.get("scaler"):
+        scaler.load_state_dict(st["scaler"])
+    torch.set_rng_state(st["rng"]["torch"])
+    if "cuda" in st["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["rng"]["cuda"])
+    return int(st["step"])
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run one training stage as ``cfg`` says; return the checkpoint folder ``cfg.out``."""
+    from dde_bench.env import git_commit, resolve_device
+
+    if cfg.kind not in KINDS:
+        raise UserError(f"unknown kind {cfg.kind!r}; expected teacher or student")
+    if cfg.stage not in STAGES:
+        raise UserError(f"unknown stage {cfg.stage!r}; expected finetune or pretrain")
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"unknown precision {cfg.precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise UserError("--steps, --batch-size and --grad-accum must be at least 1")
+    w = cfg.weights
+    if cfg.kind == "student" and max(w.ground_truth, w.soft, w.attention) <= 0:
+        raise UserError("a student needs at least one of --gt, --soft, --attention above 0")
+    if w.temperature <= 0:
+        raise UserError(f"--temperature must be positive, got {w.temperature}")
+    device = resolve_device(cfg.device)
+    if cfg.kind == "student" and not cfg.teacher:
+        raise UserError("a student needs --teacher (the checkpoint it is initialised and distilled from)")
+    d = init_distributed(device)
+    if device.type == "cuda" and d.world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", d.rank)))
+        torch.cuda.set_device(device)
+    if device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    precision, amp = _autocast(device, cfg.precision)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    task = suite_task(cfg.suite)
+    vl = size_config(cfg.size)
+
+    # data
+    if cfg.stage == "finetune":
+        eval_split = cfg.suite.get("eval_split") or {"nlvr2": "dev", "vqa": "val2014", "snli-ve": "dev"}[task]
+        from dde_bench.data import TRAIN_SPLIT
+
+        data_dir, tok, sets, answer_vocab = load_task_data(
+            cfg.suite,
+            Path(cfg.cache_root),
+            vl,
+            (TRAIN_SPLIT[task], eval_split),
+            (cfg.train_limit, cfg.eval_limit),
+            progress=cfg.progress and d.main,
+        )
+        train_set, eval_set = sets[TRAIN_SPLIT[task]], sets[eval_split]
+        eval_set.answer_vocab = answer_vocab
+        num_labels = len(answer_vocab) if answer_vocab else None
+    else:
+        from dde_bench.data import ensure_data
+
+        data_dir = ensure_data(cfg.suite, Path(cfg.cache_root), progress=cfg.progress and d.main)
+        tok = load_text_tokenizer(data_dir)
+        train_set = CaptionDataset(
+            data_dir, tok, image_processor_for(vl), vl.max_text_len, limit=cfg.train_limit
+        )
+        eval_set, eval_split, answer_vocab, num_labels = None, None, None, None
+        if task == "vqa":  # the task head is not trained here, but the model needs its size
+            from dde_bench.data import build_vqa_answer_vocab
+
+            answer_vocab = build_vqa_answer_vocab(
+                data_dir, ("train2014",), int(cfg.suite.get("answer_min_count", 1))
+            )
+            num_labels = len(answer_vocab)
+
+    # models
+    teacher = None
+    if cfg.kind == "teacher":
+        model = build_teacher(cfg, task, num_labels)
+    else:
+        src = Path(cfg.teacher)
+        if cfg.stage == "pretrain":
+            src = src / "pretrain" if (src / "pretrain").is_dir() else src
+        teacher = load_teacher(src)
+        _check_teacher(teacher, task, cfg.size, str(cfg.teacher))
+        if num_labels is not None and teacher.num_labels != num_labels:
+            raise UserError(
+                f"{cfg.teacher}: the teacher has {teacher.num_labels} answers, the data {num_labels}"
+            )
+        teacher = teacher.to(device).eval().requires_grad_(False)
+        model = Student(teacher.config, task, teacher.num_labels)
+        if cfg.init == "teacher":
+            model.init_from_teacher(teacher)
+        else:
+            init = load_student(cfg.init)
+            load_state_checked(model, init.state_dict(), str(cfg.init))
+    if answer_vocab is not None:
+        model.answer_vocab = answer_vocab
+    if cfg.stage == "pretrain":
+        hidden, eps, std = vl.hidden_size, vl.layer_norm_eps, vl.init_std
+        heads = PretrainHeads(hidden, len(tok) if cfg.kind == "teacher" else None, eps, std)
+        frozen = None
+        if cfg.kind == "teacher" and cfg.init != "scratch" and (Path(cfg.init) / HEADS_FILE).is_file():
+            heads = load_pretrain_heads(Path(cfg.init), hidden, len(tok), eps, std)
+        if teacher is not None:
+            t_heads = load_pretrain_heads(src, hidden, None, eps, std).to(device).requires_grad_(False)
+            frozen = (teacher, t_heads)
+            heads.itm.load_state_dict(t_heads.itm.state_dict())
+        module: nn.Module = PretrainLoss(model, heads, cfg.weights, frozen)
+    else:
+        module = TaskLoss(model, cfg.weights, teacher)
+    module.to(device).train()
+    ddp_module = module
+    if d.world > 1:
+        ddp_module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    optimizer = torch.optim.AdamW(
+        param_groups(module, cfg.optim), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.steps, cfg.optim.warmup_ratio))
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    start = 0
+    state_dir = out / STATE_DIR
+    if cfg.resume:
+        if (state_dir / "trainer.pt").is_file():
+            start = _load_state(state_dir, module, optimizer, scheduler, scaler)
+        elif d.main:
+            print(f"dde-bench: no saved state in {state_dir}; starting from step 0")
+
+    # logging (rank 0 only)
+    writer = csv_file = csv_writer = None
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"))
+        csv_path = out / "metrics.csv"
+        new = not csv_path.exists() or start == 0
+        csv_file = open(csv_path, "w" if new else "a", newline="")  # noqa: SIM115
+        csv_writer = csv.writer(csv_file)
+        if new:
+            csv_writer.writerow(["step", "split", "name", "value", "time_s"])
+    bar = None
+    if cfg.progress and d.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.kind} {cfg.stage} {task}", unit="step")
+
+    def log(step: int, split: str, values: dict) -> None:
+        if not d.main:
+            return
+        for k, v in values.items():
+            writer.add_scalar(f"{split}/{k}", v, step)
+            csv_writer.writerow([step, split, k, f"{v:.6g}", f"{time.time() - t0:.1f}"])
+        csv_file.flush()
+
+    t0 = time.time()
+    metrics: dict = {}
+    sums: dict[str, float] = {}
+    count = 0
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    step = start
+    try:
+        for step in range(start, end):
+            for micro in range(cfg.grad_accum):
+                micro_step = step * cfg.grad_accum + micro
+                idx = shard_indices(len(train_set), cfg.batch_size, micro_step, cfg.seed, d)
+                if cfg.stage == "pretrain":
+                    g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + micro_step) * 64 + d.rank)
+                    batch = train_set.batch(idx, g)
+                else:
+                    batch = train_set.batch(idx)
+                batch = to_device(batch, device)
+                sync = micro == cfg.grad_accum - 1 or d.world == 1
+                ctx = nullcontext() if sync else ddp_module.no_sync()
+                with ctx:
+                    with amp() if amp else nullcontext():
+                        loss, parts = ddp_module(batch)
+                    loss = loss / cfg.grad_accum
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                    else:
+                        loss.backward()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.optim.clip_norm > 0:
+                gnorm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.clip_norm))
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + gnorm * cfg.grad_accum
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            done = step + 1
+            if not math.isfinite(parts["loss"]):
+                raise RuntimeError(f"loss is {parts['loss']} at step {done}; lower the lr or check the data")
+            if done % cfg.log_every == 0 or done == end:
+                avg = {k: v / count for k, v in sums.items()}
+                avg["lr"] = scheduler.get_last_lr()[0]
+                log(done, "train", avg)
+                if bar is not None:
+                    bar.set_postfix(
+                        {
+                            k: f"{v:.3f}"
+                            for k, v in avg.items()
+                            if k in ("loss", "gt", "soft", "attention", "itm_acc")
+                        }
+                    )
+                sums, count = {}, 0
+            if bar is not None:
+                bar.update(1)
+            if (
+                eval_set is not None
+                and d.main
+                and cfg.eval_every
+                and done % cfg.eval_every == 0
+                and done < cfg.steps
+            ):
+                metrics = evaluate(model, eval_set, device, amp=amp)
+                log(done, "eval", metrics)
+                if bar is not None:
+                    bar.write(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+            if d.main and cfg.save_every and done % cfg.save_every == 0:
+                _save_state(state_dir, module, optimizer, scheduler, done, scaler, cfg)
+        step = end
+    finally:
+        if bar is not None:
+            bar.close()
+    if d.main:
+        _save_state(state_dir, module, optimizer, scheduler, step, scaler, cfg)
+    if step < cfg.steps:  # stopped early (stop_after): the state is saved, the final model is not written
+        _finish(writer, csv_file, d)
+        return out
+    if d.main:
+        if eval_set is not None:
+            metrics = evaluate(model, eval_set, device, amp=amp)
+            log(step, "eval", metrics)
+        meta = {
+            "training": cfg.to_dict(),
+            "stage": cfg.stage,
+            "metrics": metrics,
+            "eval_split": eval_split if eval_set is not None else None,
+            "git_commit": git_commit(),
+            "train_seconds": round(time.time() - t0, 1),
+            "world_size": d.world,
+            "precision": precision,
+            "data_dir": str(data_dir),
+        }
+        save_model(model, out, meta)
+        if cfg.stage == "pretrain":
+            h = {k: v.detach().contiguous().cpu() for k, v in module.heads.state_dict().items()}
+            save_file(h, str(out / HEADS_FILE))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _finish(writer, csv_file, d)
+    return out
+
+
+def _finish(writer, csv_file, d: Dist) -> None:
+    if writer is not None:
+        writer.close()
+    if csv_file is not None:
+        csv_file.close()
+    if d.world > 1 and dist.is_initialized():
+        dist.barrier()

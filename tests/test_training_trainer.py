@@ -1,0 +1,159 @@
+"""The trainer on a tiny synthetic world: loss goes down, checkpoints and resume, pre-training, DDP, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dde_bench.errors import UserError
+from dde_bench.training.trainer import LossWeights, OptimConfig, TrainConfig, train
+
+SUITE = {
+    "name": "nlvr2-test",
+    "task": "nlvr2",
+    "eval_split": "dev",
+    "data": {
+        "source": "synthetic",
+        "synth": {"seed": 0, "train": 64, "dev": 32, "test1": 8, "families": ["exist"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    from dde_bench.data import ensure_data
+
+    root = tmp_path_factory.mktemp("cache")
+    ensure_data(SUITE, root)
+    return root
+
+
+def cfg(cache: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        kind="teacher",
+        suite=SUITE,
+        out=str(out),
+        cache_root=str(cache),
+        steps=8,
+        batch_size=16,
+        log_every=1,
+        progress=False,
+        device="cpu",
+        optim=OptimConfig(lr=1e-3, warmup_ratio=0.0),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def losses(out: Path, name: str = "loss") -> list[float]:
+    with open(out / "metrics.csv") as f:
+        return [float(r["value"]) for r in csv.DictReader(f) if r["split"] == "train" and r["name"] == name]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher")
+    # memorise 16 examples: a few steps on one repeated batch must bring the loss down
+    train(cfg(cache, out, steps=12, train_limit=16, eval_limit=16))
+    return out
+
+
+def test_teacher_trains_and_writes_everything(teacher_dir):
+    ls = losses(teacher_dir)
+    assert ls[-1] < ls[0]
+    meta = json.loads((teacher_dir / "config.json").read_text())["meta"]
+    assert meta["training"]["steps"] == 12 and meta["training"]["kind"] == "teacher"
+    assert set(meta["metrics"]) == {"accuracy", "consistency"}
+    assert "git_commit" in meta
+    assert list((teacher_dir / "tb").iterdir())
+    assert (teacher_dir / "last" / "trainer.pt").is_file()
+
+
+def test_student_distillation_decreases_the_loss(cache, teacher_dir, tmp_path):
+    out = tmp_path / "student"
+    train(
+        cfg(
+            cache,
+            out,
+            kind="student",
+            teacher=str(teacher_dir),
+            init="teacher",
+            train_limit=16,
+            eval_limit=16,
+            steps=10,
+            weights=LossWeights(ground_truth=1.0, soft=1.0, attention=1.0),
+        )
+    )
+    ls = losses(out)
+    assert ls[-1] < ls[0]
+    assert losses(out, "attention") and losses(out, "soft")
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["kind"] == "student"
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(cache, tmp_path):
+    full = tmp_path / "full"
+    part = tmp_path / "part"
+    kw = dict(steps=6, train_limit=32, eval_limit=8, optim=OptimConfig(lr=5e-4, warmup_ratio=0.3))
+    train(cfg(cache, full, **kw))
+    train(cfg(cache, part, stop_after=3, **kw))
+    assert not (part / "model.safetensors").exists()  # interrupted: only the resumable state
+    train(cfg(cache, part, resume=True, **kw))
+    a = load_file(str(full / "model.safetensors"))
+    b = load_file(str(part / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_pretraining_stage_and_student_pretrain_distillation(cache, tmp_path):
+    t_pre = tmp_path / "teacher-pre"
+    train(cfg(cache, t_pre, stage="pretrain", steps=4, train_limit=32))
+    assert (t_pre / "pretrain_heads.safetensors").is_file()
+    assert losses(t_pre, "mlm") and losses(t_pre, "itm")
+    s_pre = tmp_path / "student-pre"
+    train(
+        cfg(
+            cache,
+            s_pre,
+            kind="student",
+            stage="pretrain",
+            steps=3,
+            train_limit=32,
+            teacher=str(t_pre),
+            init="teacher",
+            weights=LossWeights(ground_truth=0.0, soft=1.0, attention=1.0),
+        )
+    )
+    assert losses(s_pre, "attention")
+
+
+def test_bad_inputs_are_user_errors(cache, teacher_dir, tmp_path):
+    with pytest.raises(UserError, match="needs --teacher"):
+        train(cfg(cache, tmp_path / "x", kind="student"))
+    other = dict(SUITE, task="snli-ve", name="snli")
+    with pytest.raises(UserError, match="cannot"):
+        train(
+            cfg(cache, tmp_path / "y", kind="student", suite=other, teacher=str(teacher_dir), init="teacher")
+        )
+    with pytest.raises(UserError, match="size"):
+        train(
+            cfg(cache, tmp_path / "z", kind="student", teacher=str(teacher_dir), init="teacher", size="b32")
+        )
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA"):
+            train(cfg(cache, tmp_path / "w", device="cuda"))
+    with pytest.raises(UserError, match="data_dir"):
+        train(cfg(cache, tmp_path / "v", suite={"name": "s", "task": "nlvr2", "data": {"source": "dir"}}))
+    with pytest.raises(UserError, match="no such"):
+        train(
+            cfg(
+                cache,
+                tmp_path / "u",
+                suite={"name": "s", "task": "nlvr2", "data": {"data_dir": str(tmp_path / "none")}},
+            )
+        )
