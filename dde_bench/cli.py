@@ -15,6 +15,7 @@ from rich.table import Table
 from dde_bench.bench.commands import run_cmd
 from dde_bench.data.commands import data_app
 from dde_bench.errors import UserError
+from dde_bench.profile.commands import profile_cmd
 from dde_bench.report.commands import compare_cmd, gate_cmd, report_cmd
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.add_typer(data_app, name="data")
 app.command("report")(report_cmd)
 app.command("compare")(compare_cmd)
 app.command("gate")(gate_cmd)
+app.command("profile")(profile_cmd)
 
 
 @app.command("list")
