@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -139,34 +138,40 @@ def test_bad_inputs_are_user_errors(world, kw, needle):
         run_profile(ProfileConfig(**{**base, **kw}), Console(file=open(os.devnull, "w")))  # noqa: SIM115
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from dde_bench.cli import main; main()", "profile", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        timeout=120,
-    )
+def _cli(monkeypatch, capsys, world, *args: str) -> tuple[int, str]:
+    """Run the real entry point (dde_bench.cli.main) in-process: exit code and stderr."""
+    from dde_bench.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["dde-bench", "profile", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main()
+    return exc.value.code, capsys.readouterr().err
 
 
-def test_cli_errors_are_one_line(world):
-    env = {"DDE_BENCH_SUITES": str(world / "suites"), "DDE_BENCH_MODELS": str(world / "models")}
-    res = _cli("--model", "prof-student", "--scenario", "sideways", "--device", "cpu", env=env)
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dde-bench: error: unknown scenario 'sideways'")
-    res = _cli("--model", "nope", "--device", "cpu", env=env)
-    assert res.returncode == 2 and res.stderr.strip().splitlines() == [res.stderr.strip()]
-    assert "unknown model 'nope'" in res.stderr
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("--scenario", "sideways"), "unknown scenario 'sideways'"),
+        (("--model", "nope"), "unknown model 'nope'"),
+        (("--suite", "nope"), "unknown suite 'nope'"),
+        (("--device", "tpu"), "unknown device 'tpu'"),
+    ],
+)
+def test_cli_errors_are_one_line(monkeypatch, capsys, world, args, needle):
+    base = {"--model": "prof-student", "--device": "cpu"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    code, err = _cli(monkeypatch, capsys, world, *[x for kv in base.items() for x in kv])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dde-bench: error: ") and needle in lines[0], err
 
 
-def test_cli_cuda_without_cuda(world):
+def test_cli_cuda_without_cuda(monkeypatch, capsys, world):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    env = {"DDE_BENCH_SUITES": str(world / "suites"), "DDE_BENCH_MODELS": str(world / "models")}
-    res = _cli("--model", "prof-student", "--device", "cuda", env=env)
-    assert res.returncode == 2
-    assert len(res.stderr.strip().splitlines()) == 1 and "no CUDA device" in res.stderr
+    code, err = _cli(monkeypatch, capsys, world, "--model", "prof-student", "--device", "cuda")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "no CUDA device" in err, err
