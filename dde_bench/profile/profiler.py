@@ -149,7 +149,7 @@ def run_profile(cfg: ProfileConfig, console: Console | None = None) -> ProfileRe
     snapshot = None
     console.print(
         f"[bold]profile[/]: {cfg.model} ({entry.kind}, {entry.size}) {cfg.scenario} b={cfg.batch_size} "
-        f"{cfg.dtype} on {device}: {WAIT} wait + {WARMUP} warm-up + {cfg.steps} recorded steps"
+        f"{cfg.dtype} on {device}: {WAIT} wait + {WARMUP} warm-up + {_steps(cfg.steps)}"
     )
     if cfg.memory and cuda:
         torch.cuda.memory._record_memory_history(max_entries=100_000)
@@ -320,10 +320,10 @@ def stages_frame(events, stages: tuple[str, ...], steps: int, cuda: bool) -> pd.
 
 
 def _print(console: Console, cfg: ProfileConfig, top: pd.DataFrame, stages: pd.DataFrame, cuda: bool) -> None:
-    t = Table(title=f"stages (per step, mean of {cfg.steps} recorded steps)")
+    t = Table(title=f"stages: time per step, mean of {_steps(cfg.steps)}")
     cols = ["stage", "CPU ms", "CPU share"] + (["CUDA ms", "CUDA share"] if cuda else [])
     for c in cols:
-        t.add_column(c, justify="left" if c == "stage" else "right")
+        t.add_column(c, justify="left" if c == "stage" else "right", no_wrap=True)
     for r in stages.itertuples(index=False):
         vals = [r.stage, f"{r.cpu_ms_per_step:.3f}", f"{100 * r.cpu_share:.1f}%"]
         if cuda:
@@ -334,16 +334,21 @@ def _print(console: Console, cfg: ProfileConfig, top: pd.DataFrame, stages: pd.D
         console.print("[yellow]note[/]: this model has no stage ranges (only teachers and students do)")
 
     sort = "self CUDA" if cuda else "self CPU"
+    n = min(cfg.top, len(top))
     t = Table(
-        title=f"top {min(cfg.top, len(top))} of {len(top)} operators by {sort} time ({cfg.steps} steps)"
+        title=f"top {n} of {len(top)} operators by {sort} time (CPU unless marked cuda), "
+        f"total over {_steps(cfg.steps)}"
     )
-    cols = ["operator", "calls", "self CPU ms", "self CPU %", "CPU total ms", "GFLOPs"]
+    cols = ["operator", "calls", "self ms", "self %", "total ms", "GFLOPs"]  # CPU
     if cfg.memory:
-        cols.append("CPU mem MB")
+        cols.append("mem MB")
     if cuda:
-        cols += ["self CUDA ms", "CUDA total ms"] + (["CUDA mem MB"] if cfg.memory else [])
+        cols += ["cuda self ms", "cuda total ms"] + (["cuda mem MB"] if cfg.memory else [])
     for c in cols:
-        t.add_column(c, justify="left" if c == "operator" else "right", overflow="fold")
+        if c == "operator":  # names have no spaces: too long ones end in an ellipsis instead of folding
+            t.add_column(c, overflow="ellipsis", min_width=16)
+        else:
+            t.add_column(c, justify="right", no_wrap=True)
     for r in top.head(cfg.top).itertuples(index=False):
         vals = [
             r.name,
@@ -361,6 +366,14 @@ def _print(console: Console, cfg: ProfileConfig, top: pd.DataFrame, stages: pd.D
                 vals.append(f"{r.cuda_mem_bytes / 2**20:.2f}")
         t.add_row(*vals)
     console.print(t)
+    console.print(
+        "[dim]times are under the profiler (with its overhead): for latency use `dde-bench run`[/]",
+        highlight=False,
+    )
+
+
+def _steps(n: int) -> str:
+    return f"{n} recorded step" + ("" if n == 1 else "s")
 
 
 def _print_files(console: Console, res: ProfileResult) -> None:
