@@ -15,6 +15,7 @@ from rich.table import Table
 from dde_bench.bench.commands import run_cmd
 from dde_bench.data.commands import data_app
 from dde_bench.errors import UserError
+from dde_bench.profile.commands import profile_cmd
 from dde_bench.report.commands import compare_cmd, gate_cmd, report_cmd
 from dde_bench.training.commands import reproduce, train_app
 
@@ -37,6 +38,7 @@ app.command("reproduce")(reproduce)
 app.command("report")(report_cmd)
 app.command("compare")(compare_cmd)
 app.command("gate")(gate_cmd)
+app.command("profile")(profile_cmd)
 
 
 @app.command("list")

@@ -1,0 +1,1 @@
+"""Profiling one model of a suite with torch.profiler (`dde-bench profile`); see profiler.py."""
