@@ -305,6 +305,42 @@ def _inject_slowdown(fn, scenario: str):
     return slowed
 
 
+def scenario_modules(entry: Entry, scenario: str) -> list:
+    """The modules a scenario's call needs resident: a cached student needs no image tower."""
+    m = entry.model
+    if entry.kind == "student" and scenario != "online":
+        return [m.text_tower, m.fusion, m.head]
+    return [m]
+
+
+def tensor_memory(fn, modules: list, device) -> dict:
+    """Peak bytes of live tensors during one call (weights of `modules` + activations and temporaries), tracked
+    per tensor by torch's MemTracker, so the figure does not depend on what the allocator keeps cached.
+    On CPU this is `peak_mem_mb`; on CUDA it is reported beside max_memory_allocated."""
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+    except ImportError:  # a private torch API: absent in some builds
+        return {"tensor_peak_mb": None, "weights_mb": None, "activation_peak_mb": None}
+    mt = MemTracker()
+    for mod in modules:
+        mt.track_external(mod)
+    with mt:
+        fn()
+    peaks = mt.get_tracker_snapshot("peak")
+    dev = torch.device(device)
+    snap = next((v for k, v in peaks.items() if torch.device(k).type == dev.type), {})
+    mb = 1e6
+    return {
+        "tensor_peak_mb": snap.get("Total", 0) / mb if snap else None,
+        "weights_mb": (snap.get(_MemRefType.PARAM, 0) + snap.get(_MemRefType.BUFFER, 0)) / mb
+        if snap
+        else None,
+        "activation_peak_mb": (snap.get(_MemRefType.ACT, 0) + snap.get(_MemRefType.TEMP, 0)) / mb
+        if snap
+        else None,
+    }
+
+
 # ---------------------------------------------------------------------------------------- accuracy
 @torch.inference_mode()
 def evaluate(entry: Entry, suite: Suite, device, dtype, batch_size: int = 64) -> dict:
@@ -398,6 +434,7 @@ class Runner:
         for n in names:
             model_card(n)  # unknown model: one clear line before any work starts
         self.names = names
+        self._cache_costs: dict = {}
         threads = cfg.threads or (os.cpu_count() or 1)
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
@@ -557,7 +594,7 @@ class Runner:
                     flops[e.name], m.throughput_per_s, self.device, dtype
                 ),
             )
-            row.update(self._memory_energy(fns[e.name], batch))
+            row.update(self._memory_energy(fns[e.name], batch, scenario_modules(e, scenario)))
             row["stage_ms"] = self._stages(e, x[e.name], scenario, m)
             if teacher is not None and e is not teacher:
                 s = speedup(meas[teacher.name].samples_s, m.samples_s, seed=seed)
@@ -572,10 +609,14 @@ class Runner:
             out.append((row, m.samples_ms))
         return out
 
-    def _memory_energy(self, fn, batch: int) -> dict:
+    def _memory_energy(self, fn, batch: int, modules: list) -> dict:
         with MemoryTracker(self.device) as mem:
             fn()
         row = mem.report.to_row()
+        row.update(tensor_memory(fn, modules, self.device))
+        if self.device.type == "cpu" and row.get("tensor_peak_mb") is not None:
+            # RSS barely moves once the allocator holds its pages; the tensor peak says what the call needs
+            row["peak_mem_mb"] = row["tensor_peak_mb"]
         meter = EnergyMeter(self.device)
         if self.device.type == "cuda":
             m = timing.measure(
@@ -643,13 +684,10 @@ class Runner:
             }
         return self._cache_costs[key]
 
-    _cache_costs: dict = {}
-
     # -- gallery ---------------------------------------------------------------------------------------
     @torch.inference_mode()
     def _gallery(self, entries: list[Entry], dtype_name: str, dtype, progress) -> None:
         """One text against N cached images: the student's fusion over N features vs N teacher passes."""
-        self._cache_costs = {}
         for teacher, members, _ in self._groups(entries, "gallery"):
             students = [e for e in members if e.kind == "student"]
             if not students:
