@@ -31,8 +31,8 @@ def bench_env(tmp_path_factory) -> dict:
         card["data"]["answer_min_count"] = 1
         card["models"] = ["rt-teacher", "rt-student", "rt-hf"]
         card["batch_sizes"] = [1, 4]
-        card["gallery_sizes"] = [10, 200]
-        card["teacher_gallery_max"] = 10
+        card["gallery_sizes"] = [2, 5000]
+        card["teacher_gallery_budget_s"] = 1.0  # 2 teacher passes fit, 5000 do not
         (suites / f"{name}.yaml").write_text(yaml.safe_dump(card))
     cards = {
         "rt-teacher": {"kind": "teacher", "size": "tiny", "weights": "random"},

@@ -90,6 +90,8 @@ class Entry:
     batch_sizes: list[int] | None = None
     paper_inputs: bool = False  # random inputs of paper shape instead of suite data (speed-only models)
     note: str = ""
+    gallery_sizes: list[int] | None = None  # card override of the run's gallery sizes
+    min_iters: int | None = None  # card override of the timing rule's minimum calls (slow paper-size models)
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -196,6 +198,10 @@ def build_entries(
             paper_inputs=(weights == "random" and size != "tiny"),
             note=note,
         )
+    for e in entries.values():
+        card = cards[e.name]
+        e.gallery_sizes = [int(n) for n in card["gallery_sizes"]] if card.get("gallery_sizes") else None
+        e.min_iters = int(card["min_iters"]) if card.get("min_iters") else None
     # each student / reference is compared with the teacher of its size (or the one its card names)
     teachers = {e.size: e.name for e in entries.values() if e.kind == "teacher"}
     for e in entries.values():
@@ -418,7 +424,12 @@ class Runner:
         self.batch_sizes = cfg.batch_sizes or ([b for b in suite_sizes if b <= 8] if quick else suite_sizes)
         default_gallery = [10, 100, 1000, 10000] if quick else [10, 100, 1000, 10000, 100000]
         self.gallery_sizes = cfg.gallery_sizes or list(self.card.get("gallery_sizes", default_gallery))
-        self.teacher_gallery_max = int(self.card.get("teacher_gallery_max", 100 if quick else 1000))
+        # the teacher's gallery query costs N joint passes: sizes whose estimated time per query exceeds this
+        # budget are recorded as not measured (with the estimate) instead of stalling the run for minutes
+        self.teacher_gallery_budget_s = float(
+            self.card.get("teacher_gallery_budget_s", 0.5 if quick else 3.0)
+        )
+        self._per_item_s: dict[str, float] = {}
         self.rule = {
             "min_iters": cfg.min_iters or (5 if quick else 10),
             "min_time_s": cfg.min_time_s if cfg.min_time_s is not None else (0.3 if quick else 1.0),
@@ -536,11 +547,11 @@ class Runner:
             members = [t] + [
                 e for e in entries if e.teacher == t.name and (e.kind == "student" or scenario == "online")
             ]
-            sizes = t.batch_sizes or self.batch_sizes
+            sizes = self.cfg.batch_sizes or t.batch_sizes or self.batch_sizes
             yield t, members, sizes
         for e in entries:  # students without a teacher in this run are measured alone
             if e.kind == "student" and e.teacher is None:
-                yield None, [e], e.batch_sizes or self.batch_sizes
+                yield None, [e], self.cfg.batch_sizes or e.batch_sizes or self.batch_sizes
 
     def _scenario(self, entries: list[Entry], scenario: str, dtype_name: str, dtype, progress) -> None:
         for _teacher, members, sizes in self._groups(entries, scenario):
@@ -579,7 +590,13 @@ class Runner:
         seed = self.cfg.seed
         x = {e.name: _inputs(e, self.suite, batch, self.device, dtype, seed) for e in members}
         fns = {e.name: scenario_call(e, scenario, x[e.name]) for e in members}
-        meas = timing.measure_interleaved(fns, device=self.device, items_per_call=batch, **self.rule)
+        rule = dict(self.rule)
+        overrides = [e.min_iters for e in members if e.min_iters]
+        if overrides:
+            rule["min_iters"] = min(overrides)
+        meas = timing.measure_interleaved(fns, device=self.device, items_per_call=batch, **rule)
+        for e in members:
+            self._per_item_s[e.name] = meas[e.name].median_s / batch
         flops = {n: count_flops(fn) / batch for n, fn in fns.items()}
         out = []
         teacher = members[0] if members[0].kind == "teacher" else None
@@ -692,7 +709,13 @@ class Runner:
             students = [e for e in members if e.kind == "student"]
             if not students:
                 continue
-            for n in self.gallery_sizes:
+            sizes = (
+                self.cfg.gallery_sizes
+                or (teacher.gallery_sizes if teacher else None)
+                or students[0].gallery_sizes
+                or self.gallery_sizes
+            )
+            for n in sizes:
                 todo = [e for e in members if not self._done(e, "gallery", n, dtype_name, n)]
                 if not todo:
                     continue
@@ -701,13 +724,15 @@ class Runner:
                 )
                 fns, flops, skipped = {}, {}, {}
                 for e in members:
+                    if e.kind != "student":
+                        est = n * self._teacher_per_item_s(e, dtype)
+                        if est > self.teacher_gallery_budget_s:
+                            skipped[e.name] = (
+                                f"not measured: one query needs {n} joint passes, estimated {est:.3g} s "
+                                f"(> teacher_gallery_budget_s={self.teacher_gallery_budget_s:g})"
+                            )
+                            continue
                     fn = self._gallery_call(e, n, dtype)
-                    if fn is None:
-                        skipped[e.name] = (
-                            f"not measured: {n} teacher passes exceed teacher_gallery_max="
-                            f"{self.teacher_gallery_max} (one query would take minutes)"
-                        )
-                        continue
                     fns[e.name] = fn
                 rule = dict(self.rule, min_iters=3, min_time_s=min(self.rule["min_time_s"], 0.5))
                 try:
@@ -750,11 +775,24 @@ class Runner:
                     self.writer.append(row, m.samples_ms)
                 progress.remove_task(task)
 
+    def _teacher_per_item_s(self, e: Entry, dtype) -> float:
+        """Per-item time of the teacher: from its online/cached rows in this run, else one timed call."""
+        if e.name not in self._per_item_s:
+            x = _inputs(e, self.suite, 1, self.device, dtype, self.cfg.seed)
+            m = timing.measure(
+                _call_full(e, x),
+                device=self.device,
+                warmup_iters=1,
+                warmup_s=0.0,
+                min_iters=3,
+                min_time_s=0.0,
+            )
+            self._per_item_s[e.name] = m.median_s
+        return self._per_item_s[e.name]
+
     def _gallery_call(self, e: Entry, n: int, dtype):
-        if e.kind == "hf-vilt":
-            return None if n > self.teacher_gallery_max else self._teacher_gallery(e, n, dtype)
-        if e.kind == "teacher":
-            return None if n > self.teacher_gallery_max else self._teacher_gallery(e, n, dtype)
+        if e.kind != "student":
+            return self._teacher_gallery(e, n, dtype)
         # student: features of the evaluation images, repeated to N gallery items
         x = _inputs(e, self.suite, min(n, 64), self.device, dtype, self.cfg.seed)
         base = e.model.encode_images(x["pixel_values"], x["pixel_mask"])
@@ -774,7 +812,7 @@ class Runner:
         return call
 
     def _teacher_gallery(self, e: Entry, n: int, dtype):
-        chunk = min(n, 64)
+        chunk = min(n, 32)
         x = _inputs(e, self.suite, chunk, self.device, dtype, self.cfg.seed)
         ids = x["input_ids"][:1].expand(chunk, -1)
         am = x["attention_mask"][:1].expand(chunk, -1)
