@@ -74,3 +74,138 @@ def test_fastpath_100k_tiny_matches_score():
     ref = torch.cat([s.score(t.expand(c.shape[0], -1), c) for c in feats.split(16384)])
     got = score_precomputed(s, precompute_text(s, t), precompute_image(s, feats), chunk_size=16384)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------- feature store
+from dde_bench.bench.featurestore import (  # noqa: E402
+    build_store,
+    finalize_store,
+    model_hash,
+    open_store,
+    rank_shards,
+    score_text_against_store,
+)
+from dde_bench.errors import UserError  # noqa: E402
+
+
+def _tiny_student(task: str, seed: int = 0) -> Student:
+    torch.manual_seed(seed)
+    cfg = size_config(
+        "tiny", hidden_size=32, num_layers=1, num_heads=2, mlp_size=64, image_size=32, patch_size=16
+    )
+    return Student(cfg, task, TASK_LABELS[task]).eval()
+
+
+def _pixels(task: str, n: int, seed: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, 2, 3, 32, 32) if task == "nlvr2" else (n, 3, 32, 32)
+    return torch.randn(shape, generator=g)
+
+
+def _files(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["pooled", "fusion"])
+def test_store_resume_is_byte_identical(tmp_path, kind):
+    s = _tiny_student("vqa")
+    px = _pixels("vqa", 23)
+    whole = build_store(s, px, tmp_path / "whole", shard_size=5, batch_size=3, kind=kind, progress=False)
+
+    def stop_after_two(k):
+        if k == 1:
+            raise _Stop
+
+    part = tmp_path / "part"
+    with pytest.raises(_Stop):
+        build_store(
+            s, px, part, shard_size=5, batch_size=3, kind=kind, progress=False, _after_shard=stop_after_two
+        )
+    assert sorted(p.name for p in part.glob("shard-*")) == [
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
+    assert not (part / "manifest.json").exists()
+    with pytest.raises(UserError, match="unfinished build"):
+        open_store(part, s)
+    built = []
+    build_store(s, px, part, shard_size=5, batch_size=3, kind=kind, progress=False, _after_shard=built.append)
+    assert built == [2, 3, 4]  # only the missing shards
+    assert _files(part) == _files(whole)
+    store = open_store(whole, s)
+    assert store.count == 23 and len(store.shard_files) == 5 and store.kind == kind
+    width = 32 if kind == "pooled" else 64
+    assert store.load_all().shape == (23, width)
+
+
+def test_store_from_stream_equals_tensor(tmp_path):
+    s = _tiny_student("snli-ve")
+    px = _pixels("snli-ve", 13)
+    a = build_store(s, px, tmp_path / "a", shard_size=4, batch_size=4, progress=False)
+    b = build_store(s, iter(px.split(4)), tmp_path / "b", shard_size=4, progress=False)
+    assert _files(a) == _files(b)
+
+
+def test_store_ranks_simulated(tmp_path):
+    assert rank_shards(5, 0, 2) == [0, 2, 4] and rank_shards(5, 1, 2) == [1, 3]
+    with pytest.raises(ValueError):
+        rank_shards(5, 2, 2)
+    s = _tiny_student("nlvr2")
+    px = _pixels("nlvr2", 11)
+    one = build_store(s, px, tmp_path / "one", shard_size=3, batch_size=2, progress=False)
+    two = tmp_path / "two"
+    built = {0: [], 1: []}
+    for rank in (0, 1):
+        build_store(
+            s,
+            px,
+            two,
+            shard_size=3,
+            batch_size=2,
+            progress=False,
+            rank=rank,
+            world_size=2,
+            _after_shard=built[rank].append,
+        )
+        assert (two / "manifest.json").exists() == (rank == 1)  # the last rank to finish writes it
+    assert built == {0: [0, 2], 1: [1, 3]}
+    assert _files(two) == _files(one)
+    assert finalize_store(two)
+
+
+def test_store_refuses_other_model(tmp_path):
+    s = _tiny_student("vqa", seed=0)
+    other = _tiny_student("vqa", seed=1)
+    assert model_hash(s) != model_hash(other)
+    build_store(s, _pixels("vqa", 4), tmp_path, shard_size=4, progress=False, model_name="student-a")
+    with pytest.raises(
+        UserError, match=r"built with model 'student-a' \(hash [0-9a-f]{12}\), not with 'student-b'"
+    ):
+        open_store(tmp_path, other, model_name="student-b")
+    with pytest.raises(UserError, match="cannot resume"):
+        build_store(s, _pixels("vqa", 4), tmp_path, shard_size=2, progress=False, model_name="student-a")
+
+
+@pytest.mark.parametrize("task", ["nlvr2", "vqa", "snli-ve"])
+@pytest.mark.parametrize("kind", ["pooled", "fusion"])
+@torch.no_grad()
+def test_score_against_store(tmp_path, task, kind):
+    s = _tiny_student(task)
+    px = _pixels(task, 17)
+    store = open_store(build_store(s, px, tmp_path, shard_size=5, kind=kind, progress=False), s)
+    ids = torch.randint(5, 900, (1, 9))
+    am = torch.ones_like(ids)
+    feats = s.encode_images(px)
+    ref = s.score(s.encode_text(ids, am).expand(17, -1), feats)
+    got = score_text_against_store(s, ids, am, store, batch=4)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    one = score_text_against_store(s, ids[0], am[0], store, label=1)
+    torch.testing.assert_close(one, ref[:, 1], atol=1e-5, rtol=0)
+    v, i = score_text_against_store(s, ids, am, store, batch=3, label=1, topk=4)
+    rv, ri = ref[:, 1].topk(4)
+    torch.testing.assert_close(v, rv, atol=1e-5, rtol=0)
+    assert i.tolist() == ri.tolist()
