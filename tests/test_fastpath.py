@@ -209,3 +209,20 @@ def test_score_against_store(tmp_path, task, kind):
     rv, ri = ref[:, 1].topk(4)
     torch.testing.assert_close(v, rv, atol=1e-5, rtol=0)
     assert i.tolist() == ri.tolist()
+
+
+def test_cache_cli_info(tmp_path):
+    from typer.testing import CliRunner
+
+    from dde_bench.cli import app
+
+    s = _tiny_student("snli-ve")
+    build_store(
+        s, _pixels("snli-ve", 6), tmp_path, shard_size=4, kind="fusion", progress=False, model_name="m"
+    )
+    res = CliRunner().invoke(app, ["cache", "info", str(tmp_path)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    for word in ("fusion", model_hash(s), "2 x up to 4", "6"):
+        assert word in res.output
+    res = CliRunner().invoke(app, ["cache", "info", str(tmp_path / "nope")])
+    assert res.exit_code != 0 and "no such feature store" in str(res.exception)
