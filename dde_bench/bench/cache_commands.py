@@ -29,6 +29,11 @@ def _student(suite, model: str, cfg, device, console):
     from dde_bench.resources import list_names
 
     if model in list_names("models"):
+        from dde_bench.resources import model_card
+
+        kind = model_card(model).get("kind")
+        if kind != "student":
+            raise UserError(f"model card {model!r} is a {kind}; only students have an image cache")
         entry = build_entries(suite, [model], cfg, device, console)[0]
         if entry.kind != "student":
             raise UserError(f"model card {model!r} is a {entry.kind}; only students have an image cache")
@@ -106,7 +111,7 @@ def info_cmd(store: Path = typer.Argument(..., help="store folder")) -> None:
 
     st = open_store(store)
     m = st.manifest
-    t = Table(show_header=False, title=str(store), box=None)
+    t = Table(show_header=False, title=str(store), box=None, pad_edge=False)
     t.add_column(no_wrap=True)
     t.add_column(overflow="fold")
     rows = [
