@@ -226,3 +226,12 @@ def test_cache_cli_info(tmp_path):
         assert word in res.output
     res = CliRunner().invoke(app, ["cache", "info", str(tmp_path / "nope")])
     assert res.exit_code != 0 and "no such feature store" in str(res.exception)
+
+
+def test_fastpath_with_autograd_chunked():
+    s = _student("vqa")
+    h = s.config.hidden_size
+    t, i = torch.randn(1, h), torch.randn(9, h)
+    got = score_precomputed(s, precompute_text(s, t), precompute_image(s, i), chunk_size=4)
+    got.sum().backward()  # no in-place / out= trouble with gradients
+    torch.testing.assert_close(got.detach(), s.score(t.expand(9, -1), i).detach(), atol=1e-5, rtol=0)

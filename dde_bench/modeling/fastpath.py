@@ -59,16 +59,31 @@ def _check_width(student: Student, x: torch.Tensor, name: str, factor: int = 1) 
         raise ValueError(f"{name} must have last dimension {want}, got {tuple(x.shape)}")
 
 
-def _rest(student: Student, first: torch.Tensor) -> torch.Tensor:
-    """Everything after the first Linear: LayerNorm - GELU - Linear2 (fusion), then the head."""
-    fusion = student.fusion
+def _gelu_(x: torch.Tensor, act) -> torch.Tensor:
+    """GELU in place (the intermediate is ours): one pass over memory fewer than ``F.gelu``."""
+    approximate = getattr(act, "approximate", "none")
+    if hasattr(torch._C._nn, "gelu_") and not x.requires_grad:
+        return torch._C._nn.gelu_(x, approximate=approximate)
+    return F.gelu(x, approximate=approximate)
+
+
+def _rest(student: Student, first: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Everything after the first Linear: LayerNorm - GELU - Linear2 (fusion), then the head.
+
+    ``first`` is consumed (GELU runs in place on the LayerNorm's output, never on ``first`` itself);
+    with ``out`` the logits are written there."""
+    fusion, head = student.fusion, student.head
     ln, act, lin2 = fusion[1], fusion[2], fusion[3]
     x = F.layer_norm(first, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-    x = act(x)
-    fused = F.linear(x, lin2.weight, lin2.bias)  # (..., h) or (..., 2, h)
+    x = F.linear(_gelu_(x, act), lin2.weight, lin2.bias)  # (..., h) or (..., 2, h)
     if student.task == "nlvr2":
-        fused = fused.flatten(-2)  # [fusion(t, left); fusion(t, right)]
-    return student.head(fused)
+        x = x.flatten(-2)  # [fusion(t, left); fusion(t, right)]
+    h1, hln, hact, h2 = head[0], head[1], head[2], head[3]
+    x = F.linear(x, h1.weight, h1.bias)
+    x = _gelu_(F.layer_norm(x, hln.normalized_shape, hln.weight, hln.bias, hln.eps), hact)
+    if out is None:
+        return F.linear(x, h2.weight, h2.bias)
+    return torch.addmm(h2.bias, x, h2.weight.t(), out=out)
 
 
 def score_precomputed(
@@ -103,9 +118,10 @@ def score_precomputed(
         rows = max(b, n)
         if chunk_size is None or rows <= chunk_size:
             return _rest(student, image_part + t)
-        out = []
+        pieces = []
+        out = None if torch.is_grad_enabled() else image_part.new_empty(rows, student.num_labels)
         for s in range(0, rows, chunk_size):
             ts = t if b == 1 else t[s : s + chunk_size]
             im = image_part if n == 1 else image_part[s : s + chunk_size]
-            out.append(_rest(student, im + ts))
-        return torch.cat(out)
+            pieces.append(_rest(student, im + ts, None if out is None else out[s : s + chunk_size]))
+        return torch.cat(pieces) if out is None else out
