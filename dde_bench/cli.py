@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dde_bench.bench.cache_commands import cache_app
 from dde_bench.bench.commands import run_cmd
 from dde_bench.data.commands import data_app
 from dde_bench.errors import UserError
@@ -35,6 +36,7 @@ app.command("run")(run_cmd)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.command("reproduce")(reproduce)
+app.add_typer(cache_app, name="cache")
 app.command("report")(report_cmd)
 app.command("compare")(compare_cmd)
 app.command("gate")(gate_cmd)

@@ -1,0 +1,130 @@
+"""`dde-bench cache`: build and inspect on-disk image-feature stores (dde_bench.bench.featurestore).
+
+    dde-bench cache build --suite vqa --model tiny-student --out reports/stores/vqa-tiny --kind fusion
+    dde-bench cache info reports/stores/vqa-tiny
+
+Several processes build one store together under torchrun (rank r builds the shards with index % world == r):
+
+    torchrun --nproc-per-node 4 -m dde_bench.cli cache build --suite vqa --model tiny-student --out DIR
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dde_bench.errors import UserError
+
+cache_app = typer.Typer(help="Image-feature stores on disk: build them from a suite, inspect them.")
+
+
+def _student(suite, model: str, cfg, device, console):
+    """A student from a model card (as `dde-bench run` builds it) or from a checkpoint folder."""
+    from dde_bench.bench.runner import build_entries
+    from dde_bench.modeling.checkpoint import load_student
+    from dde_bench.resources import list_names
+
+    if model in list_names("models"):
+        from dde_bench.resources import model_card
+
+        kind = model_card(model).get("kind")
+        if kind != "student":
+            raise UserError(f"model card {model!r} is a {kind}; only students have an image cache")
+        entry = build_entries(suite, [model], cfg, device, console)[0]
+        if entry.kind != "student":
+            raise UserError(f"model card {model!r} is a {entry.kind}; only students have an image cache")
+        return entry.model
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"{model}: neither a model card ({', '.join(list_names('models'))}) nor a checkpoint folder"
+        )
+    student = load_student(path)
+    if student.task != suite.task:
+        raise UserError(f"{path}: a {student.task} student cannot cache suite {suite.card['name']}")
+    return student.to(device).eval()
+
+
+@cache_app.command("build")
+def build_cmd(
+    suite: str = typer.Option(..., "--suite", "-s", help="suite whose evaluation images are cached"),
+    model: str = typer.Option(..., "--model", "-m", help="student model card or checkpoint folder"),
+    out: Path = typer.Option(..., "--out", help="store folder"),
+    kind: str = typer.Option("pooled", help="pooled (image-tower output) or fusion (fusion-aware, 2x bytes)"),
+    shard_size: int = typer.Option(4096, "--shard-size", help="images per shard file"),
+    batch_size: int = typer.Option(64, "--batch-size", help="images per image-tower call"),
+    resume: bool = typer.Option(False, help="keep complete shards already in --out and build the rest"),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, or cuda[:N]"),
+    seed: int = typer.Option(0, help="seed for random weights"),
+) -> None:
+    """Encode the suite's evaluation images with a student's image tower into a sharded store.
+
+    Image j is the j-th example of the evaluation split (an NLVR2 example stores its image pair).
+    Under torchrun (RANK, WORLD_SIZE set) each rank builds its share of the shards."""
+    from dde_bench.bench.featurestore import build_store
+    from dde_bench.bench.runner import RunConfig, Suite
+    from dde_bench.env import resolve_device
+    from dde_bench.resources import suite_card
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+    console = Console(stderr=True)
+    dev = resolve_device(device)
+    if dev.type == "cuda" and world > 1:
+        import torch
+
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    card = suite_card(suite)
+    cfg = RunConfig(suite=suite, device=str(dev), seed=seed, report=False)
+    s = Suite(card, cfg, console)
+    student = _student(s, model, cfg, dev, console)
+    build_store(
+        student,
+        s.dataset,
+        out,
+        shard_size=shard_size,
+        kind=kind,
+        batch_size=batch_size,
+        device=dev,
+        progress=True,
+        resume=resume,
+        rank=rank,
+        world_size=world,
+        model_name=model,
+    )
+    if rank == 0:
+        info_cmd(out)
+
+
+@cache_app.command("info")
+def info_cmd(store: Path = typer.Argument(..., help="store folder")) -> None:
+    """Count, shards, bytes, model hash and kind of a store."""
+    from dde_bench.bench.featurestore import open_store
+
+    st = open_store(store)
+    m = st.manifest
+    t = Table(show_header=False, title=str(store), box=None, pad_edge=False)
+    t.add_column(no_wrap=True)
+    t.add_column(overflow="fold")
+    rows = [
+        ("model", m.get("model")),
+        ("model hash", m["model_hash"]),
+        ("task", m["task"]),
+        ("kind", m["kind"]),
+        ("dtype", m["dtype"]),
+        ("feature shape", "x".join(str(d) for d in m["feature_shape"])),
+        ("count", m["count"]),
+        ("shards", f"{len(m['shards'])} x up to {m['shard_size']}"),
+        ("bytes", f"{st.nbytes:,} ({st.nbytes / 2**20:.1f} MiB)"),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    Console().print(t)
