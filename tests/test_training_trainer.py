@@ -59,15 +59,16 @@ def losses(out: Path, name: str = "loss") -> list[float]:
 def teacher_dir(cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher")
     # memorise 16 examples: a few steps on one repeated batch must bring the loss down
-    train(cfg(cache, out, steps=8, train_limit=8, eval_limit=8))
+    # (init std 0.1: the tiny model's default 0.02 sits on a plateau for hundreds of steps; see recipes.QUICK)
+    train(cfg(cache, out, steps=10, train_limit=8, eval_limit=8, init_std=0.1, optim=OptimConfig(lr=3e-4)))
     return out
 
 
 def test_teacher_trains_and_writes_everything(teacher_dir):
     ls = losses(teacher_dir)
-    assert ls[-1] < ls[0]
+    assert sum(ls[-3:]) < sum(ls[:3])
     meta = json.loads((teacher_dir / "config.json").read_text())["meta"]
-    assert meta["training"]["steps"] == 12 and meta["training"]["kind"] == "teacher"
+    assert meta["training"]["steps"] == 10 and meta["training"]["kind"] == "teacher"
     assert set(meta["metrics"]) == {"accuracy", "consistency"}
     assert "git_commit" in meta
     assert list((teacher_dir / "tb").iterdir())
@@ -90,7 +91,7 @@ def test_student_distillation_decreases_the_loss(cache, teacher_dir, tmp_path):
         )
     )
     ls = losses(out)
-    assert ls[-1] < ls[0]
+    assert sum(ls[-2:]) < sum(ls[:2])
     assert losses(out, "attention") and losses(out, "soft")
     meta = json.loads((out / "config.json").read_text())
     assert meta["kind"] == "student"

@@ -36,6 +36,7 @@ class Recipe:
 
     name: str
     size: str = "tiny"
+    init_std: float | None = None  # teacher from scratch: init std override (None = the size's)
     teacher_pretrain_steps: int = 0
     teacher_steps: int = 1000
     student_pretrain_steps: int = 0
@@ -140,6 +141,7 @@ def train_teacher(
         kind="teacher",
         suite=suite,
         size=recipe.size,
+        init_std=recipe.init_std,
         cache_root=str(cache_root),
         seed=seed,
         device=device,
