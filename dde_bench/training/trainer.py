@@ -634,6 +634,9 @@ def train(cfg: TrainConfig) -> Path:
         else:
             init = load_student(cfg.init)
             load_state_checked(model, init.state_dict(), str(cfg.init))
+            if cfg.stage == "finetune" and getattr(init, "meta", {}).get("stage") == "pretrain":
+                # its task head never trained: start from the fine-tuned teacher's, as init_from_teacher does
+                model.head.load_state_dict(teacher.head.state_dict())
     if answer_vocab is not None:
         model.answer_vocab = answer_vocab
     if cfg.stage == "pretrain":
