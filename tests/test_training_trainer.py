@@ -59,15 +59,16 @@ def losses(out: Path, name: str = "loss") -> list[float]:
 def teacher_dir(cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher")
     # memorise 16 examples: a few steps on one repeated batch must bring the loss down
-    train(cfg(cache, out, steps=12, train_limit=16, eval_limit=16))
+    # (init std 0.1: the tiny model's default 0.02 sits on a plateau for hundreds of steps; see recipes.QUICK)
+    train(cfg(cache, out, steps=10, train_limit=8, eval_limit=8, init_std=0.1, optim=OptimConfig(lr=3e-4)))
     return out
 
 
 def test_teacher_trains_and_writes_everything(teacher_dir):
     ls = losses(teacher_dir)
-    assert ls[-1] < ls[0]
+    assert sum(ls[-3:]) < sum(ls[:3])
     meta = json.loads((teacher_dir / "config.json").read_text())["meta"]
-    assert meta["training"]["steps"] == 12 and meta["training"]["kind"] == "teacher"
+    assert meta["training"]["steps"] == 10 and meta["training"]["kind"] == "teacher"
     assert set(meta["metrics"]) == {"accuracy", "consistency"}
     assert "git_commit" in meta
     assert list((teacher_dir / "tb").iterdir())
@@ -90,7 +91,7 @@ def test_student_distillation_decreases_the_loss(cache, teacher_dir, tmp_path):
         )
     )
     ls = losses(out)
-    assert ls[-1] < ls[0]
+    assert sum(ls[-2:]) < sum(ls[:2])
     assert losses(out, "attention") and losses(out, "soft")
     meta = json.loads((out / "config.json").read_text())
     assert meta["kind"] == "student"
@@ -99,9 +100,9 @@ def test_student_distillation_decreases_the_loss(cache, teacher_dir, tmp_path):
 def test_resume_gives_the_weights_of_an_uninterrupted_run(cache, tmp_path):
     full = tmp_path / "full"
     part = tmp_path / "part"
-    kw = dict(steps=6, train_limit=32, eval_limit=8, optim=OptimConfig(lr=5e-4, warmup_ratio=0.3))
+    kw = dict(steps=4, train_limit=16, eval_limit=8, optim=OptimConfig(lr=5e-4, warmup_ratio=0.3))
     train(cfg(cache, full, **kw))
-    train(cfg(cache, part, stop_after=3, **kw))
+    train(cfg(cache, part, stop_after=2, **kw))
     assert not (part / "model.safetensors").exists()  # interrupted: only the resumable state
     train(cfg(cache, part, resume=True, **kw))
     a = load_file(str(full / "model.safetensors"))
@@ -112,7 +113,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(cache, tmp_path):
 
 def test_pretraining_stage_and_student_pretrain_distillation(cache, tmp_path):
     t_pre = tmp_path / "teacher-pre"
-    train(cfg(cache, t_pre, stage="pretrain", steps=4, train_limit=32))
+    train(cfg(cache, t_pre, stage="pretrain", steps=3, train_limit=16))
     assert (t_pre / "pretrain_heads.safetensors").is_file()
     assert losses(t_pre, "mlm") and losses(t_pre, "itm")
     s_pre = tmp_path / "student-pre"
@@ -132,28 +133,48 @@ def test_pretraining_stage_and_student_pretrain_distillation(cache, tmp_path):
     assert losses(s_pre, "attention")
 
 
-def test_bad_inputs_are_user_errors(cache, teacher_dir, tmp_path):
+def test_bad_inputs_are_user_errors(cache, tmp_path):
+    from dde_bench.modeling.checkpoint import save_model
+    from dde_bench.modeling.config import size_config
+    from dde_bench.modeling.models import Teacher
+
     with pytest.raises(UserError, match="needs --teacher"):
         train(cfg(cache, tmp_path / "x", kind="student"))
-    other = dict(SUITE, task="snli-ve", name="snli")
-    with pytest.raises(UserError, match="cannot"):
-        train(
-            cfg(cache, tmp_path / "y", kind="student", suite=other, teacher=str(teacher_dir), init="teacher")
-        )
-    with pytest.raises(UserError, match="size"):
-        train(
-            cfg(cache, tmp_path / "z", kind="student", teacher=str(teacher_dir), init="teacher", size="b32")
-        )
+    wrong_task = save_model(Teacher(size_config("tiny"), "snli-ve"), tmp_path / "snli-teacher")
+    with pytest.raises(UserError, match="snli-ve teacher cannot teach task nlvr2"):
+        train(cfg(cache, tmp_path / "y", kind="student", teacher=str(wrong_task), init="teacher"))
+    wrong_size = save_model(Teacher(size_config("tiny", hidden_size=64), "nlvr2"), tmp_path / "small-teacher")
+    with pytest.raises(UserError, match="not size 'tiny'"):
+        train(cfg(cache, tmp_path / "z", kind="student", teacher=str(wrong_size), init="teacher"))
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA"):
             train(cfg(cache, tmp_path / "w", device="cuda"))
     with pytest.raises(UserError, match="data_dir"):
         train(cfg(cache, tmp_path / "v", suite={"name": "s", "task": "nlvr2", "data": {"source": "dir"}}))
-    with pytest.raises(UserError, match="no such"):
-        train(
-            cfg(
-                cache,
-                tmp_path / "u",
-                suite={"name": "s", "task": "nlvr2", "data": {"data_dir": str(tmp_path / "none")}},
-            )
-        )
+    missing = {"name": "s", "task": "nlvr2", "data": {"data_dir": str(tmp_path / "none")}}
+    with pytest.raises(UserError, match="no such data folder"):
+        train(cfg(cache, tmp_path / "u", suite=missing))
+
+
+def test_ensure_trained_trains_once_then_reuses(cache):
+    from dde_bench.training.recipes import Recipe, ensure_trained
+
+    recipe = Recipe(name="test", teacher_steps=2, student_steps=2, batch_size=4, eval_limit=4)
+    card = {
+        "name": "tiny-student",
+        "kind": "student",
+        "size": "tiny",
+        "teacher": "tiny-teacher",
+        "weights": "trained",
+        "distill": {"ground_truth": 0.0, "soft": 1.0, "attention": 1.0},
+    }
+    path = ensure_trained(SUITE, card, cache, device="cpu", progress=False, recipe=recipe)
+    meta = json.loads((path / "config.json").read_text())["meta"]
+    assert meta["training"]["weights"]["attention"] == 1.0 and meta["training"]["steps"] == 2
+    teacher = Path(meta["training"]["teacher"])
+    assert (teacher / "config.json").is_file() and teacher.parent == path.parent
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    again = ensure_trained(SUITE, card, cache, device="cpu", progress=False, recipe=recipe)
+    assert again == path and (path / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match="not 'trained'"):
+        ensure_trained(SUITE, {**card, "weights": "random"}, cache, progress=False, recipe=recipe)

@@ -83,6 +83,7 @@ class TrainConfig:
     out: str
     stage: str = "finetune"  # finetune | pretrain
     size: str = "tiny"
+    init_std: float | None = None  # from-scratch teacher: override the size's init std (tiny worlds: 0.1)
     cache_root: str = "reports/cache"
     init: str = "scratch"  # teacher: scratch | dde-bench checkpoint | transformers ViLT folder;
     # student: "teacher" (towers from --teacher) or a student checkpoint (e.g. from its pre-training stage)
@@ -450,7 +451,11 @@ def evaluate(model: Teacher | Student, dataset, device: torch.device, batch_size
 def _check_teacher(t: Teacher, task: str, size: str, where: str) -> None:
     if t.task != task:
         raise UserError(f"{where}: a {t.task} teacher cannot teach task {task}")
-    if t.config.replace(modality_type_vocab_size=0) != size_config(size).replace(modality_type_vocab_size=0):
+
+    def shape(c):  # what the towers' weights depend on (not the init std or the NLVR2 type rows)
+        return c.replace(modality_type_vocab_size=0, init_std=0.0)
+
+    if shape(t.config) != shape(size_config(size)):
         raise UserError(
             f"{where}: the teacher's sizes are not size {size!r} (hidden {t.config.hidden_size}, "
             f"{t.config.num_layers} layers)"
@@ -462,6 +467,8 @@ def build_teacher(cfg: TrainConfig, task: str, num_labels: int | None) -> Teache
     differs), or from a transformers ViLT folder."""
     vl = size_config(cfg.size)
     if cfg.init == "scratch":
+        if cfg.init_std is not None:
+            vl = vl.replace(init_std=cfg.init_std)
         return Teacher(vl, task, num_labels)
     src = load_teacher(cfg.init)
     model = Teacher(src.config, task, num_labels)
@@ -627,6 +634,9 @@ def train(cfg: TrainConfig) -> Path:
         else:
             init = load_student(cfg.init)
             load_state_checked(model, init.state_dict(), str(cfg.init))
+            if cfg.stage == "finetune" and getattr(init, "meta", {}).get("stage") == "pretrain":
+                # its task head never trained: start from the fine-tuned teacher's, as init_from_teacher does
+                model.head.load_state_dict(teacher.head.state_dict())
     if answer_vocab is not None:
         model.answer_vocab = answer_vocab
     if cfg.stage == "pretrain":
