@@ -63,7 +63,14 @@ def load_tokenizer(path_or_dir: Path | str, lowercase: bool = True) -> BertToken
     vocab = p / "vocab.txt" if p.is_dir() else p
     if not vocab.is_file():
         raise UserError(f"{vocab}: no such vocabulary file (expected a BERT WordPiece vocab.txt)")
+    lines = sum(1 for line in vocab.read_text(encoding="utf-8").splitlines() if line)
     tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=lowercase)
+    if len(tok) < lines:
+        # transformers 5 ignores `vocab_file` here (the keyword became `vocab`) and silently builds a 5-token
+        # vocabulary that maps every word to [UNK]; every text would look the same to the model
+        tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=lowercase)
+    if len(tok) < lines:
+        raise UserError(f"{vocab}: the tokenizer loads only {len(tok)} of its {lines} tokens")
     if tok.pad_token_id != 0:
         raise UserError(f"{vocab}: [PAD] must be token 0 (line 1), found it at {tok.pad_token_id}")
     return tok

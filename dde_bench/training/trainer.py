@@ -156,24 +156,10 @@ def image_processor_for(cfg):
 
 
 def load_text_tokenizer(data_dir: Path):
-    """The suite's WordPiece tokenizer, checked to hold the whole ``vocab.txt``.
-
-    Guard against a transformers 5 incompatibility: ``BertTokenizerFast(vocab_file=...)`` silently ignores the
-    file there (the keyword is ``vocab``) and yields a 5-token vocabulary that maps every word to [UNK], which
-    makes every text identical and pins any model at chance. If ``data.load_tokenizer`` returns fewer tokens
-    than the file has lines, the tokenizer is rebuilt with ``vocab=``."""
-    from transformers import BertTokenizerFast
-
+    """The suite's WordPiece tokenizer (``data.load_tokenizer`` checks that it holds the whole vocab.txt)."""
     from dde_bench.data import load_tokenizer
 
-    tok = load_tokenizer(data_dir)
-    vocab = Path(data_dir) / "vocab.txt"
-    lines = sum(1 for line in vocab.read_text(encoding="utf-8").splitlines() if line)
-    if len(tok) < lines:
-        tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
-        if len(tok) < lines or tok.pad_token_id != 0:
-            raise UserError(f"{vocab}: the tokenizer loads {len(tok)} of its {lines} tokens")
-    return tok
+    return load_tokenizer(data_dir)
 
 
 def suite_task(suite: dict) -> str:
