@@ -103,6 +103,21 @@ def test_gate_pass_and_fail(runs: dict[str, Path]) -> None:
     assert _exit(["gate", str(runs["base"]), "--min-speedup", "3", "--model", "tiny-student"])[0] == 0
     assert _exit(["gate", str(runs["base"]), "--min-speedup", "3"])[0] == 1
     assert _exit(["gate", str(runs["base"]), "--scenario", "nope"])[0] == 2
+    # --on median gates the ratio of medians itself, which sits above the interval's lower end
+    from dde_bench.report.load import load_run
+
+    rows = load_run(runs["base"]).rows
+    sel = rows[(rows.model == "tiny-student") & (rows.scenario == "cached")]
+    slowest = sel.loc[sel.speedup_vs_teacher.idxmin()]
+    t = float((slowest.speedup_ci_low + slowest.speedup_vs_teacher) / 2)
+
+    def verdict(on: str) -> str:
+        checks = gate_run(runs["base"], min_speedup=t, models=["tiny-student"], on=on).checks
+        return next(c.verdict for c in checks if c.check == "speedup" and c.batch_size == slowest.batch_size)
+
+    assert verdict("median") == "pass" and verdict("ci-low") == "fail"
+    with pytest.raises(UserError, match="--on"):
+        gate_run(runs["base"], on="mean")
 
 
 def test_parse_fraction() -> None:

@@ -72,7 +72,12 @@ def compare_cmd(
 
 def gate_cmd(
     run: Path = typer.Argument(..., help="run folder"),
-    min_speedup: float = typer.Option(2.0, help="lowest allowed lower bound of the student's speedup 95% CI"),
+    min_speedup: float = typer.Option(2.0, help="lowest allowed speedup of the student over its teacher"),
+    on: str = typer.Option(
+        "ci-low",
+        help="which speedup must reach --min-speedup: ci-low (lower end of the bootstrap 95% interval, "
+        "conservative) or median (the ratio of medians itself; steadier across runs on a shared machine)",
+    ),
     max_accuracy_drop: str = typer.Option("1%", help="accuracy the student may lose vs its teacher, e.g. 1%"),
     scenario: str = typer.Option("cached", help="scenario whose student rows are gated"),
     model: list[str] | None = typer.Option(None, "--model", help="gate only these students (repeatable)"),
@@ -89,6 +94,7 @@ def gate_cmd(
         max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop"),
         scenario=scenario,
         models=list(model) if model else None,
+        on=on,
     )
     text = {"text": result.to_text, "markdown": result.to_markdown, "json": result.to_json}[fmt]()
     typer.echo(text.rstrip("\n"))
