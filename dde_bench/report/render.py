@@ -31,7 +31,6 @@ from dde_bench.report.tables import (
     headline,
     model_kinds,
     paper_table,
-    reference_batch,
     run_label,
     to_html,
     to_markdown,
@@ -157,12 +156,11 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
             section = f"{gtitle} (run {rlabel})" if len(runs) > 1 else gtitle
             blocks.append(_heading(2, section))
             blocks += [_heading(3, "Headline"), _bullets(headline(rows, palette))]
-            b = reference_batch(rows)
             blocks += [
                 _heading(3, "Accuracy and speedup over the teacher"),
                 _para(
-                    f"Speedups at batch {b if b is not None else NA}: ratio of median latencies, teacher over "
-                    "model, measured interleaved with a bootstrap 95% interval in brackets; the FLOP bound in "
+                    "Speedups at each model's largest measured batch size (the batch column): ratio of median "
+                    "latencies, teacher over model, measured interleaved with a bootstrap 95% interval in brackets; the FLOP bound in "
                     "parentheses. Accuracy on the suite's evaluation split with its bootstrap 95% interval."
                 ),
                 _table(paper_table(rows, palette)),

@@ -45,7 +45,7 @@ def paper_models():
 def test_teacher_forward_dde_bench(benchmark, paper_models):
     teacher, _, _, (ids, am, pv, pm), _ = paper_models
     benchmark.group = "teacher forward, b32, batch 8, fp32"
-    benchmark.pedantic(lambda: teacher.encoder(ids, am, pv, pm), rounds=10, warmup_rounds=2)
+    benchmark.pedantic(lambda: teacher.encoder(ids, am, pv, pm), rounds=6, warmup_rounds=1)
 
 
 @torch.inference_mode()
