@@ -30,6 +30,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (("train", "teacher", "--suite", "no-such-suite"), "unknown suite"),
         (("train", "teacher", "--suite", "nlvr2", "--nproc", "0"), "--nproc"),
         (("reproduce", "--suite", "nlvr2", "--seeds", "0"), "--seeds"),
+        (("reproduce", "--suite", "nlvr2", "--recipe", "no-such-recipe"), "unknown recipe"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message):

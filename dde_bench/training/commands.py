@@ -44,7 +44,7 @@ def teacher_cmd(
     ),
     batch_size: int = typer.Option(None, help="batch size per process (default: the recipe's)"),
     lr: float = typer.Option(None, help="peak learning rate (default: the recipe's)"),
-    recipe: str = typer.Option("quick", help="quick or full"),
+    recipe: str = typer.Option("quick", help="quick, medium or full"),
     out: Path = typer.Option(Path("reports/checkpoints/teacher"), help="checkpoint folder"),
     cache_root: Path = typer.Option(Path("reports/cache"), help="where the synthetic data is cached"),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
@@ -94,7 +94,7 @@ def student_cmd(
     steps: int = typer.Option(None, help="fine-tuning steps (default: the recipe's)"),
     batch_size: int = typer.Option(None),
     lr: float = typer.Option(None),
-    recipe: str = typer.Option("quick", help="quick or full"),
+    recipe: str = typer.Option("quick", help="quick, medium or full"),
     out: Path = typer.Option(Path("reports/checkpoints/student"), help="checkpoint folder"),
     cache_root: Path = typer.Option(Path("reports/cache")),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
@@ -139,6 +139,9 @@ def reproduce(
     suite: str = typer.Option("nlvr2", help="suite name or YAML file"),
     seeds: int = typer.Option(2, help="number of seeds (0 .. N-1)"),
     quick: bool = typer.Option(True, help="the quick recipe (tiny models, minutes); --no-quick = full"),
+    recipe: str = typer.Option(
+        None, help="a named recipe (quick, medium, full); overrides --quick/--no-quick"
+    ),
     out: Path = typer.Option(Path("reports/reproduce")),
     cache_root: Path = typer.Option(Path("reports/cache")),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
@@ -152,11 +155,15 @@ def reproduce(
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     resolve_device(device)
+    if recipe is not None:
+        from dde_bench.training.recipes import get_recipe
+
+        get_recipe(recipe)  # unknown names: one-line error before any work
     paths = run_reproduce(
         _suite(suite),
         out,
         seeds=seeds,
-        recipe_name="quick" if quick else "full",
+        recipe_name=recipe or ("quick" if quick else "full"),
         cache_root=cache_root,
         device=device,
         threads=threads,
