@@ -310,7 +310,11 @@ def plot_memory(
     if ok.empty:
         return "no peak memory measured"
     device = str(rows["device"].iloc[0])
-    what = "CUDA max_memory_allocated" if device.startswith("cuda") else "peak RSS growth over the pass"
+    what = (
+        "CUDA max_memory_allocated"
+        if device.startswith("cuda")
+        else "peak live tensors: weights used + activations"
+    )
     scen = [s for s in SCENARIOS if (ok["scenario"] == s).any()]
     batches = sorted({int(b) for b in ok["batch_size"]})
     models = palette.order(set(ok["model"]))
@@ -329,8 +333,9 @@ def plot_memory(
                     color=palette.color(m),
                 )
         ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-        ax.set_title(f"{s} ({what})")
-        ax.set_ylabel("peak memory (MB)")
+        ax.set_title(f"{s}\n({what})", fontsize=10)
+        ax.set_yscale("log")  # tiny and paper-size models differ by 100x
+        ax.set_ylabel("peak memory (MB, log)")
     axes[0][0].legend(
         handles=[Patch(color=palette.color(m), label=m) for m in models],
         fontsize=8,
@@ -406,7 +411,14 @@ def plot_gallery(
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.5, 4.2))
     for m in palette.order(set(g["model"])):
         sub = g[g["model"] == m].assign(_n=lambda d: d["gallery_size"].map(num)).sort_values("_n")
-        ax.plot(sub["_n"], sub["latency_p50_ms"].map(num), marker="o", color=palette.color(m), label=m)
+        ax.plot(
+            sub["_n"],
+            sub["latency_p50_ms"].map(num),
+            marker="o",
+            color=palette.color(m),
+            linestyle="--" if "@" in m else "-",
+            label=m,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("gallery size (images scored per text query, log)")
@@ -451,10 +463,10 @@ def plot_gallery(
             sizes = ", ".join(str(int(n)) for n in sorted(set(missing["gallery_size"])))
             ax2.text(
                 0.02,
-                0.97,
+                0.03,
                 f"n/a at gallery size {sizes}\n(teacher not measured)",
                 transform=ax2.transAxes,
-                va="top",
+                va="bottom",
                 fontsize=8,
                 color="dimgray",
             )

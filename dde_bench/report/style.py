@@ -65,6 +65,17 @@ def model_role(model: str, kind: str | None) -> str:
     return "other"
 
 
+VARIANT_SEP = "@"  # '<model>@<variant>' rows measure a variant of <model> (e.g. the fusion-aware cache)
+
+
+def _lighter(color: str, amount: float = 0.45) -> str:
+    """The colour mixed with white."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    r, g, b = to_rgb(color)
+    return to_hex((r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount))
+
+
 class Palette:
     """Model -> colour, fixed once from every model that appears in the report."""
 
@@ -77,8 +88,14 @@ class Palette:
             by_role.setdefault(self.roles[m], []).append(m)
         for role, names in by_role.items():
             shades = ROLE_COLORS[role]
-            for i, m in enumerate(names):
+            base_names = [m for m in names if VARIANT_SEP not in m]
+            for i, m in enumerate(base_names):
                 self.colors[m] = shades[i % len(shades)]
+        # a variant ('tiny-student@fusion-cache') takes a lighter shade of its model's colour
+        for m in models:
+            if VARIANT_SEP in m:
+                base = m.split(VARIANT_SEP)[0]
+                self.colors[m] = _lighter(self.colors.get(base, ROLE_COLORS["other"][0]))
 
     def color(self, model: str) -> str:
         """The model's colour (grey for a model the palette was not built with)."""
