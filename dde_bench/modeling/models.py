@@ -57,6 +57,13 @@ def _check_task(task: str, num_labels: int | None) -> int:
     return num_labels
 
 
+def _task_config(config: VLConfig, task: str) -> VLConfig:
+    """NLVR2's second image has its own modality type (2), so its type table needs three rows."""
+    if task == "nlvr2" and config.modality_type_vocab_size < 3:
+        return config.replace(modality_type_vocab_size=3)
+    return config
+
+
 def _flatten_pairs(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None):
     """(B, 2, C, H, W) -> (2B, C, H, W) ordered [all left images; all right images], with modality types."""
     b = pixel_values.shape[0]
@@ -89,9 +96,7 @@ class Teacher(nn.Module):
     def __init__(self, config: VLConfig, task: str, num_labels: int | None = None):
         super().__init__()
         self.num_labels = _check_task(task, num_labels)
-        if task == "nlvr2" and config.modality_type_vocab_size < 3:
-            config = config.replace(modality_type_vocab_size=3)
-        self.config = config
+        self.config = config = _task_config(config, task)
         self.task = task
         self.encoder = VLTransformer(config, text=True, image=True)
         self.head = ClassifierHead(config.hidden_size, task, self.num_labels)
@@ -154,9 +159,7 @@ class Student(nn.Module):
     def __init__(self, config: VLConfig, task: str, num_labels: int | None = None):
         super().__init__()
         self.num_labels = _check_task(task, num_labels)
-        if task == "nlvr2" and config.modality_type_vocab_size < 3:
-            config = config.replace(modality_type_vocab_size=3)
-        self.config = config
+        self.config = config = _task_config(config, task)
         self.task = task
         self.text_tower = VLTransformer(config, text=True, image=False)
         self.image_tower = VLTransformer(config, text=False, image=True)
