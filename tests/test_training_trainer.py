@@ -178,3 +178,15 @@ def test_ensure_trained_trains_once_then_reuses(cache):
     assert again == path and (path / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(UserError, match="not 'trained'"):
         ensure_trained(SUITE, {**card, "weights": "random"}, cache, progress=False, recipe=recipe)
+
+
+def test_training_leaves_the_thread_count_alone(cache, tmp_path):
+    """A benchmark that trains its models first must measure with its own thread setting (a 2-thread trainer
+    once leaked into a 1-thread gate run and changed the measured speedup)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg(cache, tmp_path / "t1", steps=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -476,7 +476,7 @@ class Runner:
             "gallery_size": gallery,
             "dtype": dtype,
             "device": str(self.device),
-            "threads": self.threads,
+            "threads": torch.get_num_threads(),  # as measured, not as asked
             "teacher_model": e.teacher,
             "note": e.note,
             **self.accuracy.get(e.name.split("@")[0], {}),  # a fusion-cache variant scores like its student
@@ -501,6 +501,8 @@ class Runner:
         t0 = time.perf_counter()
         self.suite = Suite(self.card, cfg, self.console)
         entries = build_entries(self.suite, self.names, cfg, self.device, self.console)
+        if self.device.type == "cpu":  # (re)apply: training or loading must not change what is measured
+            torch.set_num_threads(self.threads)
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
         settings.update(
             scenarios=self.scenarios,

@@ -535,7 +535,18 @@ def _load_state(folder: Path, module: nn.Module, optimizer, scheduler, scaler) -
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run one training stage as ``cfg`` says; return the checkpoint folder ``cfg.out``."""
+    """Run one training stage as ``cfg`` says; return the checkpoint folder ``cfg.out``.
+
+    The process's torch thread count is restored afterwards: a benchmark that trains its models first
+    (``ensure_trained``) must measure with its own thread setting, not the trainer's."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig) -> Path:
     from dde_bench.env import git_commit, resolve_device
 
     if cfg.kind not in KINDS:
