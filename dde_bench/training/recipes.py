@@ -61,13 +61,9 @@ QUICK = Recipe(
     # hundreds of steps (DESIGN section 7's plateau); 0.1 at lr 3e-4 leaves it within ~100 steps.
     name="quick",
     init_std=0.1,
-    teacher_pretrain_steps=0,
     teacher_steps=600,
     student_pretrain_steps=100,
     student_steps=300,
-    batch_size=32,
-    teacher_lr=3e-4,
-    student_lr=3e-4,
 )
 MEDIUM = Recipe(
     # For suites/nlvr2-hard.yaml (exist + spatial on 2 colours x 2 shapes), where the quick recipe's teacher is
@@ -82,9 +78,6 @@ MEDIUM = Recipe(
     teacher_steps=1500,
     student_pretrain_steps=100,
     student_steps=200,
-    batch_size=32,
-    teacher_lr=3e-4,
-    student_lr=3e-4,
 )
 FULL = Recipe(
     name="full",
@@ -93,7 +86,6 @@ FULL = Recipe(
     teacher_steps=2000,
     student_pretrain_steps=500,
     student_steps=1500,
-    batch_size=32,
 )
 RECIPES = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
 
