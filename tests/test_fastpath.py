@@ -235,3 +235,35 @@ def test_fastpath_with_autograd_chunked():
     got = score_precomputed(s, precompute_text(s, t), precompute_image(s, i), chunk_size=4)
     got.sum().backward()  # no in-place / out= trouble with gradients
     torch.testing.assert_close(got.detach(), s.score(t.expand(9, -1), i).detach(), atol=1e-5, rtol=0)
+
+
+def test_cache_build_with_two_processes_equals_one(use_bench_env, tmp_path):
+    """`dde-bench cache build --nproc 2` (torch.distributed.run, gloo) writes the same bytes as one process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **use_bench_env, "OMP_NUM_THREADS": "1"}
+    base = [
+        sys.executable,
+        "-m",
+        "dde_bench.cli",
+        "cache",
+        "build",
+        "--suite",
+        "nlvr2",
+        "--model",
+        "rt-student",
+    ]
+    base += ["--shard-size", "10", "--batch-size", "4", "--device", "cpu", "--kind", "fusion"]
+    one = subprocess.run([*base, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [*base, "--out", str(tmp_path / "two"), "--nproc", "2"], env=env, capture_output=True, text=True
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "5 x up to 10" in two.stdout  # 48 dev examples, printed once, by rank 0
+    assert two.stdout.count("model hash") == 1
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+    m = open_store(tmp_path / "two").manifest
+    assert m["count"] == 48 and m["feature_shape"] == [2, 256] and m["model"] == "rt-student"

@@ -57,6 +57,13 @@ def test_run_every_scenario(use_bench_env, tmp_path, suite):
     assert set(gal[(gal.model == "rt-teacher") & (gal.status == "ok")].gallery_size) == {2}
     skipped = gal[(gal.model == "rt-teacher") & (gal.gallery_size == 5000)]
     assert (skipped.status == "skipped").all() and skipped.iloc[0].error.startswith("not measured")
+    # the students' gallery features come from on-disk stores (deleted after the scenario by default)
+    stud = gal[gal.model.str.startswith("rt-student") & (gal.status == "ok")]
+    assert set(stud.store_kind) == {"pooled", "fusion"} and (stud.store_images == 5000).all()
+    assert (stud.store_shards == 2).all() and (stud.store_bytes > 0).all()
+    fused = stud[stud.model == "rt-student@fusion-cache"]
+    assert (fused.speedup_vs_plain > 0).all() and (fused.store_kind == "fusion").all()
+    assert not (run_dir / "stores").exists()
     # raw samples are kept in results.jsonl for compare and the plots
     first = json.loads((run_dir / "results.jsonl").read_text().splitlines()[0])
     assert len(first[RAW_SAMPLES_KEY]) == first["n_samples"]
@@ -177,3 +184,69 @@ def test_run_on_cuda(use_bench_env, tmp_path):
     assert (ok[ok.scenario != "gallery"].peak_mem_mb > 0).all()
     assert (ok.cuda_max_reserved_mb >= ok.peak_mem_mb).all()
     assert set(ok.dtype) == {"fp32", "bf16"}
+
+
+def test_gallery_store_kept_and_tied_to_the_model(use_bench_env, tmp_path):
+    from dde_bench.bench.featurestore import open_store
+
+    run_dir = _run(tmp_path, "vqa", scenarios=["gallery"], gallery_sizes=[7, 300], keep_stores=True)
+    info, rows, _ = read_run(run_dir)
+    runner_stores = sorted(p.name for p in (run_dir / "stores").iterdir())
+    assert runner_stores == ["rt-student-fusion-fp32", "rt-student-pooled-fp32"]
+    pooled = open_store(run_dir / "stores" / "rt-student-pooled-fp32")
+    fusion = open_store(run_dir / "stores" / "rt-student-fusion-fp32")
+    assert pooled.count == fusion.count == 300 and fusion.manifest["model"] == "rt-student"
+    assert pooled.manifest["model_hash"] == fusion.manifest["model_hash"]
+    assert pooled.load_all().shape == (300, 128) and fusion.load_all().shape == (300, 256)
+    gal = rows[(rows.scenario == "gallery") & (rows.gallery_size == 300)].set_index("model")
+    assert gal.loc["rt-student", "cache_bytes_per_image"] == 128 * 4
+    assert gal.loc["rt-student@fusion-cache", "cache_bytes_per_image"] == 256 * 4
+
+
+def test_compile_variants(use_bench_env, tmp_path):
+    """--compile adds MODEL@compiled rows (aot_eager here: no C++ toolchain needed), checked against the plain
+    path and measured interleaved with it; the compiled student is compared with the compiled teacher."""
+    run_dir = _run(
+        tmp_path,
+        "snli-ve",
+        models=["rt-teacher", "rt-student"],
+        scenarios=["cached"],
+        batch_sizes=[2],
+        compile="aot_eager",
+    )
+    _, rows, _ = read_run(run_dir)
+    assert set(rows.model) == {"rt-teacher", "rt-student", "rt-teacher@compiled", "rt-student@compiled"}
+    assert (rows.status == "ok").all(), rows[["model", "status", "error"]]
+    comp = rows[rows.model.str.endswith("@compiled")].set_index("model")
+    assert comp.loc["rt-student@compiled", "teacher_model"] == "rt-teacher@compiled"
+    assert comp.loc["rt-teacher@compiled", "teacher_model"] == "rt-teacher"
+    assert (comp.max_abs_diff_vs_plain < 1e-4).all() and (comp.compile_s > 0).all()
+    assert (comp.speedup_vs_plain > 0).all() and (comp.speedup_vs_teacher > 0).all()
+    assert "torch.compile(backend='aot_eager')" in comp.loc["rt-student@compiled", "note"]
+
+
+def test_compile_unknown_backend_is_one_line(use_bench_env, tmp_path):
+    from dde_bench.errors import UserError
+
+    with pytest.raises(UserError, match="unknown torch.compile backend 'no-such-backend'; known: .*inductor"):
+        _run(tmp_path, "vqa", models=["rt-teacher"], compile="no-such-backend")
+
+
+def test_compile_mismatch_is_an_error_row(use_bench_env, tmp_path, monkeypatch):
+    """A compiled call whose output disagrees with the plain path is not timed: its row says why."""
+    from dde_bench.bench import runner as runner_mod
+
+    real = runner_mod._compiled
+
+    def off_by_one(fn, backend):
+        c = real(fn, backend)
+        return lambda *a: c(*a) + 1.0
+
+    monkeypatch.setattr(runner_mod, "_compiled", off_by_one)
+    run_dir = _run(
+        tmp_path, "vqa", models=["rt-teacher"], scenarios=["online"], batch_sizes=[1], compile="eager"
+    )
+    _, rows, _ = read_run(run_dir)
+    bad = rows[rows.model == "rt-teacher@compiled"].iloc[0]
+    assert bad.status == "error" and "differs from the plain path (max abs diff 1)" in bad.error
+    assert rows[rows.model == "rt-teacher"].iloc[0].status == "ok"  # the plain path is still measured

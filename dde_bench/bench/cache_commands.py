@@ -3,9 +3,11 @@
     dde-bench cache build --suite vqa --model tiny-student --out reports/stores/vqa-tiny --kind fusion
     dde-bench cache info reports/stores/vqa-tiny
 
-Several processes build one store together under torchrun (rank r builds the shards with index % world == r):
+Several processes build one store together (rank r builds the shards with index % world == r), launched by
+`--nproc` (torch.distributed.run on this machine) or by torchrun itself (several machines):
 
-    torchrun --nproc-per-node 4 -m dde_bench.cli cache build --suite vqa --model tiny-student --out DIR
+    dde-bench cache build --suite vqa --model tiny-student --out DIR --nproc 4
+    torchrun --nnodes 2 --nproc-per-node 4 ... -m dde_bench.cli cache build --suite vqa --model tiny-student --out DIR
 """
 
 from __future__ import annotations
@@ -60,17 +62,33 @@ def build_cmd(
     resume: bool = typer.Option(False, help="keep complete shards already in --out and build the rest"),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, or cuda[:N]"),
     seed: int = typer.Option(0, help="seed for random weights"),
+    nproc: int = typer.Option(
+        1, "--nproc", help="processes building the store together (torch.distributed.run on this machine)"
+    ),
 ) -> None:
     """Encode the suite's evaluation images with a student's image tower into a sharded store.
 
     Image j is the j-th example of the evaluation split (an NLVR2 example stores its image pair).
-    Under torchrun (RANK, WORLD_SIZE set) each rank builds its share of the shards."""
+    Under torchrun (RANK, WORLD_SIZE set) each rank builds its share of the shards; --nproc N launches N such
+    processes here. The result is byte-identical to a one-process build."""
     from dde_bench.bench.featurestore import build_store
     from dde_bench.bench.runner import RunConfig, Suite
     from dde_bench.env import resolve_device
     from dde_bench.resources import suite_card
 
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {nproc}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        # data and (quick-recipe) checkpoints are prepared once here, not raced for by the ranks
+        cfg = RunConfig(suite=suite, device=device, seed=seed, report=False)
+        console = Console(stderr=True)
+        _student(Suite(suite_card(suite), cfg, console), model, cfg, resolve_device(device), console)
+        args = ["--suite", suite, "--model", model, "--out", str(out), "--kind", kind]
+        args += ["--shard-size", str(shard_size), "--batch-size", str(batch_size), "--device", device]
+        args += ["--seed", str(seed), "--resume" if resume else "--no-resume"]
+        _launch(nproc, args)  # rank 0 prints the store's info
+        return
     if world > 1:
         import torch.distributed as dist
 
@@ -100,8 +118,25 @@ def build_cmd(
         world_size=world,
         model_name=model,
     )
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     if rank == 0:
         info_cmd(out)
+
+
+def _launch(nproc: int, args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += ["-m", "dde_bench.cli", "cache", "build", *args]
+    rc = subprocess.call(cmd, env=env)
+    if rc != 0:
+        raise UserError(f"the {nproc}-process cache build failed (torch.distributed.run exit code {rc})")
 
 
 @cache_app.command("info")

@@ -51,6 +51,18 @@ def run_cmd(
     ),
     min_iters: int = typer.Option(None, "--min-iters", help="minimum timed calls per row"),
     report: bool = typer.Option(True, help="render the report at the end"),
+    compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="also measure each teacher and student through torch.compile (rows MODEL@compiled, online and "
+        "cached), against the plain path in the same interleaved group; outputs are checked first",
+    ),
+    compile_backend: str = typer.Option(
+        "inductor", "--compile-backend", help="torch.compile backend for --compile (inductor, aot_eager, ...)"
+    ),
+    keep_stores: bool = typer.Option(
+        False, "--keep-stores", help="keep the gallery scenario's on-disk feature stores in RUN/stores"
+    ),
 ) -> None:
     """Measure accuracy against latency, throughput, memory and energy, online and with cached image features.
 
@@ -78,5 +90,7 @@ def run_cmd(
         min_time_s=min_time,
         min_iters=min_iters,
         report=report,
+        compile=compile_backend if compile else None,
+        keep_stores=keep_stores,
     )
     Runner(cfg).run()

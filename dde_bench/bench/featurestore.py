@@ -44,6 +44,7 @@ from dde_bench.modeling.models import Student
 
 __all__ = [
     "FeatureStore",
+    "RepeatedFeatures",
     "build_store",
     "finalize_store",
     "model_hash",
@@ -103,6 +104,7 @@ class _Source:
     """Images as (pixel_values, pixel_mask) batches, addressed by global image index."""
 
     count: int | None = None
+    encoded = False  # True: the batches are already pooled image features (no image tower to run)
 
     def batches(self, needed: Callable[[int], bool], shard_size: int, batch_size: int) -> Iterator:
         """Yield ``(shard_index, pixel_values, pixel_mask)`` for the images of the needed shards, in order,
@@ -165,7 +167,32 @@ class _Stream(_Source):
         self.count = pos
 
 
+class RepeatedFeatures(_Source):
+    """``count`` pooled image features made of ``base`` (``(M, ...)``, already encoded) repeated in order: row j is
+    ``base[j % M]``. For galleries larger than the images at hand (the benchmark's gallery scenario): the store
+    is written shard by shard, never holding more than one shard's rows in memory."""
+
+    encoded = True
+
+    def __init__(self, base: torch.Tensor, count: int):
+        if base.shape[0] < 1 or count < 1:
+            raise ValueError(f"need at least one base feature and count >= 1, got {base.shape[0]}, {count}")
+        self.base = base
+        self.count = int(count)
+
+    def batches(self, needed, shard_size, batch_size):
+        m = self.base.shape[0]
+        for k in range(-(-self.count // shard_size)):
+            if not needed(k):
+                continue
+            lo, hi = k * shard_size, min((k + 1) * shard_size, self.count)
+            for s in range(lo, hi, batch_size):
+                yield k, self.base[torch.arange(s, min(s + batch_size, hi)) % m], None
+
+
 def _as_source(images, pixel_mask=None) -> _Source:
+    if isinstance(images, _Source):
+        return images
     if isinstance(images, torch.Tensor) or (hasattr(images, "batch") and hasattr(images, "__len__")):
         return _RandomAccess(images, pixel_mask)
     if isinstance(images, Iterable):
@@ -227,8 +254,9 @@ def build_store(
     """Encode ``images`` with the student's image tower into a sharded store in ``out_dir``; returns the folder.
 
     ``images``: a tensor of pixel values ``(N, 3, H, W)`` (``(N, 2, 3, H, W)`` for NLVR2, with optional
-    ``pixel_mask``), a dataset with ``__len__`` and ``batch(indices)`` (``TaskDataset``), or an iterable of
-    batches (tensors, ``(pixel_values, pixel_mask)`` or dicts). ``kind``: ``pooled`` or ``fusion``.
+    ``pixel_mask``), a dataset with ``__len__`` and ``batch(indices)`` (``TaskDataset``), an iterable of
+    batches (tensors, ``(pixel_values, pixel_mask)`` or dicts), or :class:`RepeatedFeatures` (pooled features
+    already encoded). ``kind``: ``pooled`` or ``fusion``.
     ``resume``: keep the complete shards already in ``out_dir`` (built by the same model and settings) and
     build the rest; otherwise start afresh. ``rank``/``world_size``: build only this rank's shards (see the
     module doc). ``_after_shard(k)`` is called after shard ``k`` is on disk (a test hook).
@@ -296,8 +324,10 @@ def build_store(
             flush(current)
         current = k
         pv = pv.to(device=dev, dtype=param_dtype)
-        pm = None if pm is None else pm.to(dev)
-        f = student.encode_images(pv, pm)
+        if source.encoded:
+            f = pv
+        else:
+            f = student.encode_images(pv, None if pm is None else pm.to(dev))
         if kind == "fusion":
             f = precompute_image(student, f)
         pending.append(f)
@@ -366,11 +396,21 @@ class FeatureStore:
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in self.shard_files)
 
-    def iter_shards(self, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-        """The shards' feature tensors in order, one in memory at a time."""
-        for p in self.shard_files:
+    def iter_shards(
+        self, device: torch.device | str = "cpu", limit: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """The shards' feature tensors in order, one in memory at a time; with ``limit`` only the first
+        ``limit`` rows of the store are read."""
+        left = self.count if limit is None else min(int(limit), self.count)
+        for p, s in zip(self.shard_files, self.manifest["shards"], strict=True):
+            if left <= 0:
+                return
             with safe_open(str(p), framework="pt", device=str(device)) as f:
-                yield f.get_tensor(TENSOR)
+                if left >= s["count"]:
+                    yield f.get_tensor(TENSOR)
+                else:
+                    yield f.get_slice(TENSOR)[:left]
+            left -= s["count"]
 
     def load_all(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """Every feature in one tensor (for galleries that fit in memory)."""
@@ -424,8 +464,10 @@ def score_text_against_store(
     label: int | None = None,
     topk: int | None = None,
     device: torch.device | str | None = None,
+    limit: int | None = None,
 ):
-    """Score one text against every image of the store, streaming shard by shard.
+    """Score one text against every image of the store (the first ``limit`` with ``limit``), streaming shard by
+    shard.
 
     Memory: one shard plus ``batch`` rows of intermediates. Returns logits ``(N, num_labels)``, or with
     ``label`` the scores ``(N,)`` of that class (e.g. NLVR2 ``True`` = 1, SNLI-VE ``entailment`` = 0); with
@@ -446,7 +488,7 @@ def score_text_against_store(
     outs: list[torch.Tensor] = []
     best_v = best_i = None
     offset = 0
-    for feats in store.iter_shards():
+    for feats in store.iter_shards(limit=limit):
         for s in range(0, feats.shape[0], batch):
             f = feats[s : s + batch].to(device=dev, dtype=dtype)
             if fusion:

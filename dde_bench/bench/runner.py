@@ -10,7 +10,13 @@ Scenarios:
   online   every call brings raw images and text; the student runs both towers.
   cached   image features were computed once; the student runs the text tower, fusion MLP and head.
            The teacher cannot cache: its row runs the full model (the baseline the student is compared with).
-  gallery  one text scored against N cached images (N swept); the teacher runs N joint passes.
+  gallery  one text scored against N cached images (N swept); the teacher runs N joint passes. The students'
+           features are read from a sharded feature store on disk (dde_bench.bench.featurestore), shard by
+           shard with bounded memory, as pooled features and as the fusion-aware cache (`@fusion-cache`).
+
+Variants of a model carry a suffix and are measured in the same interleaved group as the plain model, with
+`speedup_vs_plain` (plain time / variant time): `@fusion-cache` (gallery) and, with --compile, `@compiled`
+(online and cached: the same call through torch.compile, outputs checked against the plain path first).
 """
 
 from __future__ import annotations
@@ -76,6 +82,12 @@ class RunConfig:
     # timing rule (defaults depend on --quick)
     min_iters: int | None = None
     min_time_s: float | None = None
+    # fast paths
+    compile: str | None = (
+        None  # a torch.compile backend ("inductor"): add `@compiled` variants (online, cached)
+    )
+    keep_stores: bool = False  # keep the gallery's on-disk feature stores in RUN/stores (deleted by default)
+    store_shard_size: int = 4096
 
 
 @dataclass
@@ -95,6 +107,28 @@ class Entry:
     min_iters: int | None = None  # card override of the timing rule's minimum calls (slow paper-size models)
     fusion_cache: bool = (
         False  # gallery only: cache the fusion MLP's image half too (dde_bench.modeling.fastpath)
+    )
+    compile: str | None = None  # torch.compile backend of a `@compiled` variant
+
+
+def plain_name(name: str) -> str:
+    """The model a variant (`tiny-student@compiled`, `...@fusion-cache`) is a variant of."""
+    return name.split("@")[0]
+
+
+def compiled_variant(e: Entry, backend: str, names: set[str]) -> Entry:
+    """`e` through torch.compile; a compiled student is compared with the compiled teacher (like with like),
+    the compiled teacher with the plain one (the gain of compiling)."""
+    if e.kind == "teacher":
+        teacher = e.name
+    else:
+        teacher = f"{e.teacher}@compiled" if f"{e.teacher}@compiled" in names else e.teacher
+    return dataclasses.replace(
+        e,
+        name=f"{e.name}@compiled",
+        compile=backend,
+        teacher=teacher,
+        note=(e.note + "; " if e.note else "") + f"torch.compile(backend={backend!r})",
     )
 
 
@@ -283,7 +317,19 @@ def _inputs(entry: Entry, suite: Suite, batch: int, device, dtype, seed: int) ->
 def _call_full(entry: Entry, x: dict):
     if entry.kind == "hf-vilt":
         return lambda: entry.model(**x).logits
-    return lambda: entry.model(x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_mask"])
+    if not entry.compile:
+        return lambda: entry.model(x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_mask"])
+    model = _compiled(entry.model, entry.compile)
+    # an all-ones pixel mask means no padding, i.e. None; deciding that inside the graph would be a
+    # data-dependent branch (per-image patch grids), so it is decided here, once, outside the timed call
+    pm = None if bool(x["pixel_mask"].all()) else x["pixel_mask"]
+    return lambda: model(x["input_ids"], x["attention_mask"], x["pixel_values"], pm)
+
+
+def _compiled(fn, backend: str):
+    """torch.compile with static shapes and the whole call as one graph (a graph break raises instead of
+    silently measuring a half-eager call)."""
+    return torch.compile(fn, backend=backend, dynamic=False, fullgraph=True)
 
 
 def scenario_call(entry: Entry, scenario: str, x: dict):
@@ -292,7 +338,10 @@ def scenario_call(entry: Entry, scenario: str, x: dict):
     if entry.kind != "student" or scenario == "online":
         return _call_full(entry, x)
     feats = entry.model.encode_images(x["pixel_values"], x["pixel_mask"])
-    fn = lambda: entry.model.forward_cached(x["input_ids"], x["attention_mask"], feats)  # noqa: E731
+    fwd = entry.model.forward_cached
+    if entry.compile:
+        fwd = _compiled(fwd, entry.compile)
+    fn = lambda: fwd(x["input_ids"], x["attention_mask"], feats)  # noqa: E731
     return _inject_slowdown(fn, scenario)
 
 
@@ -424,6 +473,14 @@ class Runner:
                 raise UserError(f"unknown dtype {d!r}; known: {', '.join(DTYPES)}")
             if d == "fp16" and self.device.type == "cpu":
                 raise UserError("fp16 is a CUDA dtype here; on CPU use fp32 or bf16")
+        if cfg.compile:
+            from torch import _dynamo
+
+            backends = _dynamo.list_backends(exclude_tags=())
+            if cfg.compile not in backends:
+                raise UserError(
+                    f"unknown torch.compile backend {cfg.compile!r}; known: {', '.join(backends)}"
+                )
         quick = cfg.quick
         suite_sizes = [int(b) for b in self.card.get("batch_sizes", [1, 8, 32])]
         self.batch_sizes = cfg.batch_sizes or ([b for b in suite_sizes if b <= 8] if quick else suite_sizes)
@@ -452,6 +509,7 @@ class Runner:
         self.names = names
         self._cache_costs: dict = {}
         self._pooled_cache: dict = {}  # (model, dtype) -> (pooled features of the cache set, build seconds)
+        self._stores: dict = {}  # (model, dtype) -> (FeatureStore, row info) of the gallery scenario
         threads = cfg.threads or (os.cpu_count() or 1)
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
@@ -563,6 +621,13 @@ class Runner:
 
     def _scenario(self, entries: list[Entry], scenario: str, dtype_name: str, dtype, progress) -> None:
         for _teacher, members, sizes in self._groups(entries, scenario):
+            if (
+                self.cfg.compile
+            ):  # transformers' reference row stays eager: it is a reference, not a contender
+                names = {f"{e.name}@compiled" for e in members if e.kind != "hf-vilt"}
+                members = members + [
+                    compiled_variant(e, self.cfg.compile, names) for e in members if e.kind != "hf-vilt"
+                ]
             for batch in sizes:
                 todo = [e for e in members if not self._done(e, scenario, batch, dtype_name)]
                 if not todo:
@@ -597,20 +662,29 @@ class Runner:
     def _measure_group(self, members: list[Entry], scenario: str, batch: int, dtype_name: str, dtype):
         seed = self.cfg.seed
         x = {e.name: _inputs(e, self.suite, batch, self.device, dtype, seed) for e in members}
-        fns = {e.name: scenario_call(e, scenario, x[e.name]) for e in members}
+        plain = [e for e in members if not e.compile]
+        fns = {e.name: scenario_call(e, scenario, x[e.name]) for e in plain}
+        flops = {n: count_flops(fn) / batch for n, fn in fns.items()}
+        compiled, failed = self._compile_group(
+            [e for e in members if e.compile], scenario, x, fns, dtype, batch
+        )
+        fns.update({n: c["fn"] for n, c in compiled.items()})
+        flops.update({n: flops[plain_name(n)] for n in compiled})  # the same arithmetic, compiled
         rule = dict(self.rule)
         overrides = [e.min_iters for e in members if e.min_iters]
         if overrides:
             rule["min_iters"] = min(overrides)
         meas = timing.measure_interleaved(fns, device=self.device, items_per_call=batch, **rule)
-        for e in members:
-            self._per_item_s[e.name] = meas[e.name].median_s / batch
-        flops = {n: count_flops(fn) / batch for n, fn in fns.items()}
+        for name, m in meas.items():
+            self._per_item_s[name] = m.median_s / batch
         out = []
-        teacher = members[0] if members[0].kind == "teacher" else None
         for e in members:
-            m = meas[e.name]
             row = self._base_row(e, scenario, batch, dtype_name)
+            if e.name in failed:
+                row.update(status="error", error=failed[e.name])
+                out.append((row, None))
+                continue
+            m = meas[e.name]
             row.update(m.to_row())
             row.update(
                 status="ok",
@@ -619,28 +693,81 @@ class Runner:
                     flops[e.name], m.throughput_per_s, self.device, dtype
                 ),
             )
-            row.update(self._memory_energy(fns[e.name], batch, scenario_modules(e, scenario)))
-            row["stage_ms"] = self._stages(e, x[e.name], scenario, m)
-            if teacher is not None and e is not teacher:
-                s = speedup(meas[teacher.name].samples_s, m.samples_s, seed=seed)
+            row.update(
+                self._memory_energy(
+                    fns[e.name], batch, scenario_modules(e, scenario), track_tensors=not e.compile
+                )
+            )
+            row["stage_ms"] = None if e.compile else self._stages(e, x[e.name], scenario, m)
+            if e.teacher in meas and e.teacher != e.name:
+                s = speedup(meas[e.teacher].samples_s, m.samples_s, seed=seed)
                 row.update(
                     speedup_vs_teacher=s.ratio,
                     speedup_ci_low=s.ci_low,
                     speedup_ci_high=s.ci_high,
-                    speedup_flop_bound=flops[teacher.name] / flops[e.name] if flops[e.name] else None,
+                    speedup_flop_bound=flops[e.teacher] / flops[e.name] if flops[e.name] else None,
+                )
+            if e.compile:
+                p = speedup(meas[plain_name(e.name)].samples_s, m.samples_s, seed=seed)
+                row.update(
+                    speedup_vs_plain=p.ratio,
+                    speedup_vs_plain_ci_low=p.ci_low,
+                    speedup_vs_plain_ci_high=p.ci_high,
+                    compile_s=compiled[e.name]["compile_s"],
+                    max_abs_diff_vs_plain=compiled[e.name]["max_abs_diff"],
                 )
             if e.kind == "student" and scenario == "cached":
                 row.update(self._cache_cost(e, dtype))
             out.append((row, m.samples_ms))
         return out
 
-    def _memory_energy(self, fn, batch: int, modules: list) -> dict:
+    def _compile_group(
+        self, entries: list[Entry], scenario: str, x: dict, plain_fns: dict, dtype, batch: int
+    ):
+        """Compile each `@compiled` entry's call and check its output against the plain path on the same
+        inputs (fp32: 1e-4; bf16/fp16: 3e-2, absolute and relative). Returns ({name: {fn, compile_s,
+        max_abs_diff}}, {name: error}): a call that fails to compile or disagrees becomes an error row."""
+        if not entries:
+            return {}, {}
+        from torch import _dynamo
+
+        _dynamo.reset()  # a fresh cache per group: recompile limits never turn a call silently eager
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        done, failed = {}, {}
+        for e in entries:
+            try:
+                fn = scenario_call(e, scenario, x[e.name])
+                t0 = time.perf_counter()
+                out = fn()  # compiles
+                _sync(self.device)
+                compile_s = time.perf_counter() - t0
+                ref = plain_fns[plain_name(e.name)]()
+                diff = float((out.float() - ref.float()).abs().max()) if out.numel() else 0.0
+                torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+            except AssertionError:
+                failed[e.name] = f"compiled output differs from the plain path (max abs diff {diff:.3g})"
+                continue
+            except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for inductor: an error row
+                if is_oom(exc):
+                    raise
+                msg = " ".join(str(exc).split())[:300]
+                failed[e.name] = f"torch.compile failed: {type(exc).__name__}: {msg}"
+                self.console.print(f"[yellow]{e.name}[/]: {failed[e.name]}")
+                continue
+            done[e.name] = {"fn": fn, "compile_s": compile_s, "max_abs_diff": diff}
+        return done, failed
+
+    def _memory_energy(self, fn, batch: int, modules: list, track_tensors: bool = True) -> dict:
         with MemoryTracker(self.device) as mem:
             fn()
         row = mem.report.to_row()
-        row.update(tensor_memory(fn, modules, self.device))
-        if self.device.type == "cpu" and row.get("tensor_peak_mb") is not None:
+        if track_tensors:
+            row.update(tensor_memory(fn, modules, self.device))
+        else:  # MemTracker's dispatch mode would retrace a compiled call (and measure that, not the call)
+            row.update(tensor_peak_mb=None, weights_mb=None, activation_peak_mb=None)
+        if self.device.type == "cpu":
             # RSS barely moves once the allocator holds its pages; the tensor peak says what the call needs
+            # (n/a where it could not be tracked)
             row["peak_mem_mb"] = row["tensor_peak_mb"]
         meter = EnergyMeter(self.device)
         if self.device.type == "cuda":
@@ -766,7 +893,7 @@ class Runner:
                                 f"(> teacher_gallery_budget_s={self.teacher_gallery_budget_s:g})"
                             )
                             continue
-                    fn = self._gallery_call(e, n, dtype)
+                    fn = self._gallery_call(e, n, dtype, dtype_name, max(sizes))
                     fns[e.name] = fn
                 rule = dict(self.rule, min_iters=3, min_time_s=min(self.rule["min_time_s"], 0.5))
                 try:
@@ -795,8 +922,19 @@ class Runner:
                         continue
                     m = meas[e.name]
                     row.update(m.to_row(), status="ok", flops_per_item=flops[e.name])
+                    if e.fusion_cache and plain_name(e.name) in meas:
+                        p = speedup(meas[plain_name(e.name)].samples_s, m.samples_s, seed=self.cfg.seed)
+                        row.update(
+                            speedup_vs_plain=p.ratio,
+                            speedup_vs_plain_ci_low=p.ci_low,
+                            speedup_vs_plain_ci_high=p.ci_high,
+                        )
                     if e.kind == "student":
                         row.update(self._cache_cost(e, dtype))
+                        row.update(self._stores[(e.name, dtype_name)][1])
+                        row["note"] = (row["note"] + "; " if row["note"] else "") + (
+                            "features read from an on-disk store shard by shard (OS page cache warm)"
+                        )
                         # this gallery's cache: N items at the per-image build time measured on real images
                         n_img = 2 if self.suite.task == "nlvr2" else 1
                         row["cache_build_s"] = row["cache_build_ms_per_image"] / 1e3 * n * n_img
@@ -812,6 +950,7 @@ class Runner:
                             row["break_even_queries"] = _break_even(row, tm.median_s, m.median_s, n)
                     self.writer.append(row, m.samples_ms)
                 progress.remove_task(task)
+        self._drop_stores()
 
     def _teacher_per_item_s(self, e: Entry, dtype) -> float:
         """Per-item time of the teacher: from its online/cached rows in this run, else one timed call."""
@@ -828,36 +967,63 @@ class Runner:
             self._per_item_s[e.name] = m.median_s
         return self._per_item_s[e.name]
 
-    def _gallery_call(self, e: Entry, n: int, dtype):
+    def _gallery_call(self, e: Entry, n: int, dtype, dtype_name: str, n_max: int):
         if e.kind != "student":
             return self._teacher_gallery(e, n, dtype)
-        # student: the cache set's features (evaluation images), repeated to N gallery items
+        from dde_bench.bench.featurestore import score_text_against_store
+
+        store = self._store(e, dtype, dtype_name, n_max)
         x = _inputs(e, self.suite, 1, self.device, dtype, self.cfg.seed)
-        base, _ = self._pooled(e, dtype)
-        reps = math.ceil(n / base.shape[0])
-        feats = base.repeat((reps,) + (1,) * (base.ndim - 1))[:n].contiguous()
         ids, am = x["input_ids"][:1], x["attention_mask"][:1]
-        chunk = 16384
-        if e.fusion_cache:
-            from dde_bench.modeling import fastpath
+        # one query: text tower (+ the fusion layer's text half), then the store's first n images shard by shard
+        return lambda: score_text_against_store(e.model, ids, am, store, batch=16384, limit=n)
 
-            parts = fastpath.precompute_image(e.model, feats)  # part of the cache, built before any query
+    def _store(self, e: Entry, dtype, dtype_name: str, n_max: int):
+        """The gallery's feature store on disk (RUN/stores/MODEL-KIND-DTYPE): the cache set's features (the
+        evaluation images; 16 random paper-shape images for speed-only models) repeated to the sweep's largest
+        N, pooled or fusion-aware. Written once per model, kind and dtype; queries read its first N rows."""
+        from dde_bench.bench.featurestore import RepeatedFeatures, build_store, open_store
 
-            def fused_call():
-                t = fastpath.precompute_text(e.model, e.model.encode_text(ids, am))
-                return fastpath.score_precomputed(e.model, t, parts, chunk_size=chunk)
+        key = (e.name, dtype_name)
+        if key not in self._stores:
+            kind = "fusion" if e.fusion_cache else "pooled"
+            base, _ = self._pooled(e, dtype)
+            path = self.run_dir / "stores" / f"{plain_name(e.name)}-{kind}-{dtype_name}"
+            t0 = time.perf_counter()
+            build_store(
+                e.model,
+                RepeatedFeatures(base, n_max),
+                path,
+                shard_size=self.cfg.store_shard_size,
+                kind=kind,
+                batch_size=self.cfg.store_shard_size,
+                progress=False,
+                resume=False,
+                model_name=plain_name(e.name),
+            )
+            write_s = time.perf_counter() - t0
+            store = open_store(path, e.model)
+            info = {
+                "store_kind": kind,
+                "store_images": store.count,
+                "store_shards": len(store.shard_files),
+                "store_bytes": store.nbytes,
+                "store_write_s": write_s,
+            }
+            self._stores[key] = (store, info)
+        return self._stores[key][0]
 
-            return fused_call
+    def _drop_stores(self) -> None:
+        """Delete the gallery's stores (derived data, up to GBs at paper size) unless --keep-stores."""
+        if not self.cfg.keep_stores:
+            import shutil
 
-        def call():
-            t = e.model.encode_text(ids, am)
-            out = []
-            for s in range(0, n, chunk):
-                f = feats[s : s + chunk]
-                out.append(e.model.score(t.expand(f.shape[0], -1), f))
-            return out
-
-        return call
+            for store, _ in self._stores.values():
+                shutil.rmtree(store.path, ignore_errors=True)
+            stores = self.run_dir / "stores"
+            if stores.is_dir() and not any(stores.iterdir()):
+                stores.rmdir()
+        self._stores = {}
 
     def _teacher_gallery(self, e: Entry, n: int, dtype):
         chunk = min(n, 32)
@@ -929,7 +1095,10 @@ def _fmt(v, spec: str) -> str:
 
 
 def print_summary(rows: list[dict], console: Console) -> None:
-    t = Table(title="results (latency per call; speedup = teacher median / model median, interleaved)")
+    t = Table(
+        title="results (latency per call; speedup = teacher median / model median, interleaved; "
+        "vs plain = the model's plain path / this variant)"
+    )
     for col in (
         "model",
         "scenario",
@@ -938,6 +1107,7 @@ def print_summary(rows: list[dict], console: Console) -> None:
         "items/s",
         "speedup [95% CI]",
         "FLOP bound",
+        "vs plain",
         "accuracy",
         "status",
     ):
@@ -962,6 +1132,7 @@ def print_summary(rows: list[dict], console: Console) -> None:
             _fmt(r.get("throughput_per_s"), ".4g"),
             sp_s,
             "" if r.get("speedup_flop_bound") is None else f"{r['speedup_flop_bound']:.2f}x",
+            "" if r.get("speedup_vs_plain") is None else f"{r['speedup_vs_plain']:.2f}x",
             "n/a" if acc is None else f"{100 * acc:.1f}%",
             r.get("status", ""),
         )

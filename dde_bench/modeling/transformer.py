@@ -239,8 +239,13 @@ class VLTransformer(nn.Module):
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         mask = self._join_masks(parts, masks)
         attn_mask = None if mask is None else mask[:, None, None, :]
-        if attn_mask is not None and x.device.type == "cpu" and bool(mask.all()):
-            attn_mask = None  # CPU: an all-true mask only slows the fused kernel down
+        if (
+            attn_mask is not None
+            and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()  # a data-dependent branch would break the compiled graph
+            and bool(mask.all())
+        ):
+            attn_mask = None  # CPU eager: an all-true mask only slows the fused kernel down
         extras = None
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
