@@ -27,6 +27,7 @@ from dde_bench.report.tables import (
     GROUP_KEYS,
     comparison_table,
     env_table,
+    fastpath_table,
     full_table,
     headline,
     model_kinds,
@@ -188,6 +189,21 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
                         "plus answering with the student takes less time than answering with the teacher."
                     ),
                     _table(be_fmt),
+                ]
+            fp = fastpath_table(rows)
+            if not fp.empty:
+                blocks += [
+                    _heading(3, "Fast paths against the plain path"),
+                    _para(
+                        "Each variant measured interleaved with its plain model in the same group: "
+                        "`@compiled` = the same call through torch.compile (output checked against the plain "
+                        "path first; the compiled student's speedup above is over the compiled teacher), "
+                        "`@fusion-cache` = the fusion layer's image half cached (gallery). 'vs plain' = plain "
+                        "median / variant median with its bootstrap 95% interval; 'max abs diff' = largest "
+                        "output difference to the plain path; 'compile s' = the first call, compiling (inductor's on-disk "
+                        "caches can make a repeat fast)."
+                    ),
+                    _table(fp),
                 ]
             blocks.append(_heading(3, "Plots"))
             ptitle = f"{suite}, {device}, {dtype}"

@@ -238,6 +238,47 @@ def paper_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
     return pd.DataFrame.from_records(recs)
 
 
+def fastpath_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each fast-path variant (``MODEL@compiled``, ``MODEL@fusion-cache``) against its plain path, measured
+    interleaved in the same group: medians, ratio with its bootstrap interval, output check, compile time."""
+    if "speedup_vs_plain" not in rows.columns:
+        return pd.DataFrame()
+    ok = _ok(rows)
+    var = ok[ok["speedup_vs_plain"].map(num).notna()]
+    recs = []
+    for _, r in var.iterrows():
+        plain = r["model"].split("@")[0]
+        size = r.get("gallery_size") if r["scenario"] == "gallery" else r.get("batch_size")
+        same = ok[
+            (ok["model"] == plain)
+            & (ok["scenario"] == r["scenario"])
+            & (ok["batch_size"] == r["batch_size"])
+            & (
+                ok["gallery_size"].map(num).fillna(-1) == num(r.get("gallery_size"))
+                if r["scenario"] == "gallery"
+                else True
+            )
+        ]
+        diff = r.get("max_abs_diff_vs_plain")
+        recs.append(
+            {
+                "variant": r["model"],
+                "scenario": r["scenario"],
+                "batch / gallery": NA if is_missing(size) else str(int(size)),
+                "plain p50 ms": sig(same.iloc[0]["latency_p50_ms"]) if len(same) else NA,
+                "variant p50 ms": sig(r.get("latency_p50_ms")),
+                "vs plain [95% CI]": speedup_ci(
+                    r.get("speedup_vs_plain"),
+                    r.get("speedup_vs_plain_ci_low"),
+                    r.get("speedup_vs_plain_ci_high"),
+                ),
+                "max abs diff": NA if is_missing(diff) else f"{float(diff):.1e}",
+                "compile s": sig(r.get("compile_s")),
+            }
+        )
+    return pd.DataFrame.from_records(recs)
+
+
 FULL_COLUMNS = {
     "model": "model",
     "scenario": "scenario",

@@ -5,8 +5,9 @@ Excluded from the plain test run; run with
     pytest tests/benchmarks/test_fastpath_speed.py -m benchmark_suite --benchmark-enable -s
 
 Random weights, snli-ve head (3 labels), fp32 on CPU. The text is encoded once, outside the timed call;
-the plain path runs ``student.score`` over chunks of the pooled features (as `dde-bench run`'s gallery
-scenario does), the fusion-aware path ``score_precomputed`` over the precomputed ``W_i i + b``.
+the plain path runs ``student.score`` over chunks of the pooled features, the fusion-aware path
+``score_precomputed`` over the precomputed ``W_i i + b``, both in memory. (`dde-bench run`'s gallery scenario
+measures the same two paths reading an on-disk feature store, text tower included.)
 Targets: tiny < 0.5 s per query; b32 fusion-aware >= 1.6x the plain throughput and < 10 s per query.
 The interleaved tests print medians and the speedup with its bootstrap interval (one process, A B A B).
 """
