@@ -82,10 +82,8 @@ class RunConfig:
     # timing rule (defaults depend on --quick)
     min_iters: int | None = None
     min_time_s: float | None = None
-    # fast paths
-    compile: str | None = (
-        None  # a torch.compile backend ("inductor"): add `@compiled` variants (online, cached)
-    )
+    # fast paths: compile = a torch.compile backend ("inductor") adds `@compiled` variants (online, cached)
+    compile: str | None = None
     keep_stores: bool = False  # keep the gallery's on-disk feature stores in RUN/stores (deleted by default)
     store_shard_size: int = 4096
 
@@ -621,9 +619,8 @@ class Runner:
 
     def _scenario(self, entries: list[Entry], scenario: str, dtype_name: str, dtype, progress) -> None:
         for _teacher, members, sizes in self._groups(entries, scenario):
-            if (
-                self.cfg.compile
-            ):  # transformers' reference row stays eager: it is a reference, not a contender
+            if self.cfg.compile:
+                # transformers' reference row stays eager: it is a reference, not a contender
                 names = {f"{e.name}@compiled" for e in members if e.kind != "hf-vilt"}
                 members = members + [
                     compiled_variant(e, self.cfg.compile, names) for e in members if e.kind != "hf-vilt"
