@@ -267,3 +267,23 @@ def test_cache_build_with_two_processes_equals_one(use_bench_env, tmp_path):
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
     m = open_store(tmp_path / "two").manifest
     assert m["count"] == 48 and m["feature_shape"] == [2, 256] and m["model"] == "rt-student"
+
+
+@pytest.mark.parametrize("task", ["nlvr2", "vqa"])
+@torch.no_grad()
+def test_one_class_score_equals_the_logit(task):
+    """label=k computes only class k's score: equal to that logit column, chunked or not, both paths."""
+    from dde_bench.modeling.fastpath import score_pooled
+
+    s = _student(task)
+    h = s.config.hidden_size
+    t, i = torch.randn(1, h), _feats(task, 37, h)
+    full = s.score(t.expand(37, -1), i)
+    pooled = score_pooled(s, t.expand(37, -1), i, label=1)
+    assert pooled.shape == (37,)
+    torch.testing.assert_close(pooled, full[:, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(score_pooled(s, t.expand(37, -1), i), full, atol=1e-5, rtol=0)
+    tp, ip = precompute_text(s, t), precompute_image(s, i)
+    for chunk in (None, 8):
+        got = score_precomputed(s, tp, ip, chunk_size=chunk, label=1)
+        torch.testing.assert_close(got, full[:, 1], atol=1e-5, rtol=0)

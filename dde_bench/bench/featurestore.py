@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dde_bench.errors import UserError
-from dde_bench.modeling.fastpath import precompute_image, precompute_text, score_precomputed
+from dde_bench.modeling.fastpath import precompute_image, precompute_text, score_pooled, score_precomputed
 from dde_bench.modeling.models import Student
 
 __all__ = [
@@ -491,11 +491,11 @@ def score_text_against_store(
     for feats in store.iter_shards(limit=limit):
         for s in range(0, feats.shape[0], batch):
             f = feats[s : s + batch].to(device=dev, dtype=dtype)
+            # with label, only that class's score is computed (both kinds alike)
             if fusion:
-                logits = score_precomputed(student, tp, f)
+                sc = score_precomputed(student, tp, f, label=label)
             else:
-                logits = student.score(tp.expand(f.shape[0], -1), f)
-            sc = logits if label is None else logits[:, label]
+                sc = score_pooled(student, tp.expand(f.shape[0], -1), f, label=label)
             if topk is None:
                 outs.append(sc)
             else:

@@ -23,7 +23,7 @@ from torch.profiler import record_function
 
 from dde_bench.modeling.models import Student
 
-__all__ = ["precompute_image", "precompute_text", "score_precomputed", "fusion_parts"]
+__all__ = ["precompute_image", "precompute_text", "score_precomputed", "score_pooled", "fusion_parts"]
 
 
 def fusion_parts(student: Student) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,11 +67,14 @@ def _gelu_(x: torch.Tensor, act) -> torch.Tensor:
     return F.gelu(x, approximate=approximate)
 
 
-def _rest(student: Student, first: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _rest(
+    student: Student, first: torch.Tensor, out: torch.Tensor | None = None, label: int | None = None
+) -> torch.Tensor:
     """Everything after the first Linear: LayerNorm - GELU - Linear2 (fusion), then the head.
 
     ``first`` is consumed (GELU runs in place on the LayerNorm's output, never on ``first`` itself);
-    with ``out`` the logits are written there."""
+    with ``out`` the logits are written there. With ``label`` only that class's score is computed (one row of
+    the classifier instead of all of them: VQA's 3,129 answers cost more than the fusion MLP)."""
     fusion, head = student.fusion, student.head
     ln, act, lin2 = fusion[1], fusion[2], fusion[3]
     x = F.layer_norm(first, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
@@ -81,9 +84,27 @@ def _rest(student: Student, first: torch.Tensor, out: torch.Tensor | None = None
     h1, hln, hact, h2 = head[0], head[1], head[2], head[3]
     x = F.linear(x, h1.weight, h1.bias)
     x = _gelu_(F.layer_norm(x, hln.normalized_shape, hln.weight, hln.bias, hln.eps), hact)
+    if label is not None:
+        w, b = h2.weight[label], h2.bias[label]
+        if out is None:
+            return torch.mv(x, w).add_(b)
+        return torch.mv(x, w, out=out).add_(b)
     if out is None:
         return F.linear(x, h2.weight, h2.bias)
     return torch.addmm(h2.bias, x, h2.weight.t(), out=out)
+
+
+def score_pooled(
+    student: Student, text_feats: torch.Tensor, image_feats: torch.Tensor, label: int | None = None
+) -> torch.Tensor:
+    """``student.score`` on pooled features (the plain cached path: the fusion MLP's first Linear over
+    ``[t; i]``); with ``label`` only that class's score, ``(B,)``, computed the same way as in
+    :func:`score_precomputed`, so the two paths differ only in the first layer."""
+    if student.task == "nlvr2":
+        text_feats = text_feats[:, None, :].expand(-1, 2, -1)
+    first = student.fusion[0](torch.cat([text_feats, image_feats], dim=-1))
+    with record_function("student.fastpath.score_pooled"):
+        return _rest(student, first, label=label)
 
 
 def score_precomputed(
@@ -91,8 +112,10 @@ def score_precomputed(
     text_part: torch.Tensor,
     image_part: torch.Tensor,
     chunk_size: int | None = None,
+    label: int | None = None,
 ) -> torch.Tensor:
-    """Logits from precomputed parts, equal to ``student.score`` on the underlying features.
+    """Logits from precomputed parts, equal to ``student.score`` on the underlying features (with ``label``:
+    that class's scores only, ``(max(B, N),)``).
 
     ``text_part`` is :func:`precompute_text`'s ``(B, 2h)`` (or ``(2h,)`` for one text); ``image_part`` is
     :func:`precompute_image`'s ``(N, 2h)``, or ``(N, 2, 2h)`` for NLVR2. Either ``B == N`` (pairwise) or
@@ -117,11 +140,13 @@ def score_precomputed(
     with record_function("student.fastpath.score"):
         rows = max(b, n)
         if chunk_size is None or rows <= chunk_size:
-            return _rest(student, image_part + t)
+            return _rest(student, image_part + t, label=label)
         pieces = []
-        out = None if torch.is_grad_enabled() else image_part.new_empty(rows, student.num_labels)
+        shape = (rows,) if label is not None else (rows, student.num_labels)
+        out = None if torch.is_grad_enabled() else image_part.new_empty(shape)
         for s in range(0, rows, chunk_size):
             ts = t if b == 1 else t[s : s + chunk_size]
             im = image_part if n == 1 else image_part[s : s + chunk_size]
-            pieces.append(_rest(student, im + ts, None if out is None else out[s : s + chunk_size]))
+            o = None if out is None else out[s : s + chunk_size]
+            pieces.append(_rest(student, im + ts, o, label=label))
         return torch.cat(pieces) if out is None else out
