@@ -276,7 +276,8 @@ def fastpath_table(rows: pd.DataFrame) -> pd.DataFrame:
                 "compile s": sig(r.get("compile_s")),
             }
         )
-    return pd.DataFrame.from_records(recs)
+    df = pd.DataFrame.from_records(recs)
+    return df[[c for c in df.columns if not (df[c] == NA).all()]] if len(df) else df
 
 
 FULL_COLUMNS = {
