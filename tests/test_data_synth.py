@@ -125,3 +125,47 @@ def test_ensure_data_reuses_cache(tmp_path):
     assert not [p for p in (tmp_path / "synthetic").iterdir() if p.name.startswith(".")]
     real = {"name": "x", "task": "snli-ve", "data": {"source": "dir", "data_dir": str(d1)}}
     assert ensure_data(real, tmp_path) == d1
+
+
+def test_caption_parse_roundtrip_and_minimal_edit_negatives(tmp_path):
+    """Every caption parses back to itself; its negatives are well-formed captions of the world that are false
+    of the scene (counts differ, or the relation is reversed) and never the caption itself."""
+    import random
+    from collections import Counter
+
+    from dde_bench.data.synth import (
+        World,
+        WorldSettings,
+        caption,
+        caption_negatives,
+        format_caption,
+        parse_caption,
+    )
+
+    colors, shapes = ("red", "blue", "green"), ("circle", "square")
+    rng = random.Random(0)
+    w = World(WorldSettings(task="nlvr2", colors=colors, shapes=shapes, objects=(2, 5)), rng)
+    n_rel = n_negs = 0
+    for _ in range(200):
+        scene = w.scene()
+        text = caption(scene, rng)
+        groups, rel = parse_caption(text)
+        assert format_caption(groups, rel) == text
+        assert groups == dict(Counter((c, s) for _, _, c, s in scene.objects))
+        negs = caption_negatives(text, colors, shapes, (2, 5))
+        assert text not in negs and len(set(negs)) == len(negs)
+        for neg in negs:
+            g, r = parse_caption(neg)
+            assert format_caption(g, r) == neg
+            assert 2 <= sum(g.values()) <= 5
+            assert (sum(v == 1 for v in g.values()) >= 2) == (r is not None)  # as caption() would write it
+            if g == groups:  # same counts: the relation must be the reversed one
+                n_rel += 1
+                assert r[0] == rel[0] and r[2] == rel[2] and r[1] != rel[1]
+                assert {r[1], rel[1]} in ({"left of", "right of"}, {"above", "below"})
+        n_negs += len(negs)
+    assert n_rel > 0 and n_negs > 400
+    assert (
+        parse_caption("an empty grid") is None
+        and caption_negatives("not a caption", colors, shapes, (2, 5)) == []
+    )

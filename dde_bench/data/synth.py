@@ -261,13 +261,8 @@ def query_text(q: tuple[str | None, str | None], n: int) -> str:
 def caption(scene: Scene, rng: random.Random) -> str:
     """Describe the visible objects: grouped counts, then one spatial relation when there are two or more."""
     groups = Counter((c, s) for _, _, c, s in scene.objects)
-    parts = []
-    for (c, s), n in sorted(groups.items()):
-        parts.append(f"a {c} {s}" if n == 1 else f"{NUMBER_WORDS[n]} {c} {plural(s)}")
-    if not parts:
-        return "an empty grid"
-    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     singles = [o for o in scene.objects if groups[(o[2], o[3])] == 1]
+    relation = None
     if len(singles) >= 2:
         a, b = rng.sample(singles, 2)
         if a[1] != b[1]:
@@ -277,8 +272,105 @@ def caption(scene: Scene, rng: random.Random) -> str:
         else:
             rel = ""
         if rel:
-            text += f"; the {a[2]} {a[3]} is {rel} the {b[2]} {b[3]}"
+            relation = ((a[2], a[3]), rel, (b[2], b[3]))
+    return format_caption(dict(groups), relation)
+
+
+_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def parse_caption(text: str) -> tuple[dict[tuple[str, str], int], tuple | None] | None:
+    """Invert :func:`caption`: ``({(colour, shape): count}, (a, relation, b) or None)``; None if not parseable."""
+    singular = {plural(s): s for s in SHAPES}
+    groups_text, _, rel_text = text.partition("; ")
+    if groups_text == "an empty grid":
+        return None
+    items = groups_text.split(", ")
+    last = items.pop().split(" and ")
+    items += last
+    groups: dict[tuple[str, str], int] = {}
+    for item in items:
+        words = item.split(" ")
+        if len(words) != 3 or words[1] not in COLORS:
+            return None
+        if words[0] == "a" and words[2] in SHAPES:
+            n, sh = 1, words[2]
+        elif words[0] in NUMBER_WORDS and words[2] in singular:
+            n, sh = NUMBER_WORDS.index(words[0]), singular[words[2]]
+        else:
+            return None
+        groups[(words[1], sh)] = n
+    rel = None
+    if rel_text:
+        for r in RELATIONS:
+            left, sep, right = rel_text.partition(f" is {r} ")
+            if sep:
+                a, b = left.split(" ")[1:], right.split(" ")[1:]
+                if len(a) != 2 or len(b) != 2:
+                    return None
+                rel = ((a[0], a[1]), r, (b[0], b[1]))
+                break
+        if rel is None:
+            return None
+    return groups, rel
+
+
+def format_caption(groups: dict[tuple[str, str], int], rel: tuple | None) -> str:
+    """The caption text of parsed ``(groups, rel)``, in :func:`caption`'s exact format."""
+    parts = []
+    for (c, s), n in sorted(groups.items()):
+        parts.append(f"a {c} {s}" if n == 1 else f"{NUMBER_WORDS[n]} {c} {plural(s)}")
+    if not parts:
+        return "an empty grid"
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    if rel is not None:
+        (ac, ash), r, (bc, bsh) = rel
+        text += f"; the {ac} {ash} is {r} the {bc} {bsh}"
     return text
+
+
+def caption_negatives(
+    text: str,
+    colors: Sequence[str],
+    shapes: Sequence[str],
+    objects: tuple[int, int],
+) -> list[str]:
+    """Every minimal edit of a caption that makes it false of its image, in the caption's own format.
+
+    Edits: the relation reversed ("left of" <-> "right of", "above" <-> "below"); one group's colour or shape
+    changed (counts merged when the new type is already listed); one group's count changed by one. Groups named
+    in the relation are left alone (they must stay single) and totals stay within ``objects``, so a negative is
+    a caption some scene of the world could have and only the image tells it from the truth. The group list
+    is exhaustive, so every group edit changes the counts and is false; the reversed relation is false."""
+    parsed = parse_caption(text)
+    if parsed is None:
+        return []
+    groups, rel = parsed
+    named = {rel[0], rel[2]} if rel else set()
+    total = sum(groups.values())
+    out: list[str] = []
+    if rel is not None:
+        out.append(format_caption(groups, (rel[0], _OPPOSITE[rel[1]], rel[2])))
+    for (c, s), n in sorted(groups.items()):
+        if (c, s) in named:
+            continue
+        rest = {k: v for k, v in groups.items() if k != (c, s)}
+        for t in [(c2, s) for c2 in colors if c2 != c] + [(c, s2) for s2 in shapes if s2 != s]:
+            if t in named:
+                continue
+            g = dict(rest)
+            g[t] = g.get(t, 0) + n
+            if max(g.values()) < len(NUMBER_WORDS):
+                out.append(format_caption(g, rel))
+        for n2 in (n - 1, n + 1):
+            if 1 <= n2 < len(NUMBER_WORDS) and objects[0] <= total - n + n2 <= objects[1]:
+                out.append(format_caption({**groups, (c, s): n2}, rel))
+
+    def plausible(neg: str) -> bool:  # caption() names a relation exactly when two or more types are single
+        g, r = parse_caption(neg)  # type: ignore[misc]
+        return (sum(v == 1 for v in g.values()) >= 2) == (r is not None)
+
+    return sorted(n for n in set(out) - {text} if plausible(n))
 
 
 # --- tasks ----------------------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 The synthetic world writes ``captions.jsonl`` (one ``{"image", "caption", "split"}`` line per training image).
 A pre-training batch pairs every caption with its image or, for about half of them, with another image of the
-batch (a shuffled image, the ITM negative); ITM label 1 = matched. 15% of the caption's word tokens are
+batch (a shuffled image, the ITM negative); ITM label 1 = matched. With ``hard > 0`` that share of the negatives
+instead keeps its image and gets a *minimal-edit false caption* (one colour, shape or count changed, or the
+relation reversed; ``synth.caption_negatives``): random-image negatives are told apart by counting, which a tiny
+model learns only slowly (the teacher's ITM accuracy stayed at 50-52% for 300 steps), whereas a minimal pair
+points the gradient at the one word that must be grounded in the patches. 15% of the caption's word tokens are
 masked (BERT's 80% [MASK] / 10% random word / 10% unchanged); the MLM loss counts matched pairs only.
 
 Teacher: ITM = Linear(h, 2) on the pooled vector of the joint stack; MLM = Linear-GELU-LayerNorm-Linear over the
@@ -22,6 +26,8 @@ from torch import nn
 
 from dde_bench.data.images import ImageProcessor
 from dde_bench.errors import UserError
+
+_SPLITS = {"train": ("train", "train2014")}  # VQA's captions carry its split name, train2014
 
 
 class CaptionDataset:
@@ -46,7 +52,7 @@ class CaptionDataset:
             for line in f:
                 if line.strip():
                     row = json.loads(line)
-                    if row.get("split", split) == split:
+                    if row.get("split", split) in _SPLITS.get(split, (split,)):
                         rows.append(row)
         if limit is not None:
             rows = rows[:limit]
@@ -62,6 +68,9 @@ class CaptionDataset:
         )
         self.input_ids = enc["input_ids"].long()
         self.attention_mask = enc["attention_mask"].long()
+        self._tok, self._max_len = tokenizer, max_len
+        self._captions = [r["caption"] for r in rows]
+        self._hard: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.mask_id = int(tokenizer.mask_token_id)
         self.vocab_size = len(tokenizer)
@@ -73,19 +82,65 @@ class CaptionDataset:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def batch(self, indices: torch.Tensor, generator: torch.Generator, mlm_prob: float = 0.15) -> dict:
-        """ITM pairs and MLM masking for the captions at ``indices``; randomness from ``generator`` only."""
+    def hard_negatives(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Minimal-edit false captions of every image (``synth.caption_negatives``), tokenised once:
+        ``(ids [N, L], mask [N, L], offsets [n + 1], counts [n])``, row ``i``'s negatives at
+        ``offsets[i]:offsets[i + 1]``. The world's colours, shapes and object range are read off the captions."""
+        if self._hard is not None:
+            return self._hard
+        from dde_bench.data.synth import caption_negatives, parse_caption
+
+        parsed = [parse_caption(c) for c in self._captions]
+        ok = [p for p in parsed if p is not None]
+        colors = sorted({c for g, _ in ok for c, _ in g})
+        shapes = sorted({s for g, _ in ok for _, s in g})
+        totals = [sum(g.values()) for g, _ in ok] or [1]
+        objects = (min(totals), max(totals))
+        negs = [caption_negatives(c, colors, shapes, objects) for c in self._captions]
+        counts = torch.tensor([len(n) for n in negs], dtype=torch.long)
+        offsets = torch.zeros(len(negs) + 1, dtype=torch.long)
+        offsets[1:] = counts.cumsum(0)
+        flat = [t for n in negs for t in n] or ["-"]
+        enc = self._tok(
+            flat,
+            padding="max_length",
+            truncation=True,
+            max_length=self._max_len,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        self._hard = (enc["input_ids"].long(), enc["attention_mask"].long(), offsets, counts)
+        return self._hard
+
+    def batch(
+        self, indices: torch.Tensor, generator: torch.Generator, mlm_prob: float = 0.15, hard: float = 0.0
+    ) -> dict:
+        """ITM pairs and MLM masking for the captions at ``indices``; randomness from ``generator`` only.
+
+        ``hard``: the share of ITM negatives that keep the image and get a minimal-edit false caption instead
+        of another image (:meth:`hard_negatives`); ``hard_itm`` marks them in the batch. With ``hard == 0`` the
+        draws (and so the batches) are exactly those of earlier versions."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         b = len(idx)
-        T = max(int(self.attention_mask[idx].sum(1).max()), 1)
-        ids = self.input_ids[idx, :T].clone()
-        am = self.attention_mask[idx, :T]
+        ids = self.input_ids[idx].clone()
+        am = self.attention_mask[idx].clone()
         # ITM: about half the pairs get another image of the batch (a cyclic shift of a random order)
         negative = torch.rand(b, generator=generator) < 0.5
         perm = torch.randperm(b, generator=generator)
         other = torch.empty(b, dtype=torch.long)
         other[perm] = perm.roll(1)
-        image_rows = torch.where(negative, idx[other], idx)
+        hard_rows = torch.zeros(b, dtype=torch.bool)
+        if hard > 0:
+            h_ids, h_am, offsets, counts = self.hard_negatives()
+            pick = torch.rand(b, generator=generator)
+            which = torch.rand(b, generator=generator)
+            hard_rows = negative & (pick < hard) & (counts[idx] > 0)
+            j = offsets[idx] + (which * counts[idx]).long().clamp(max=(counts[idx] - 1).clamp(min=0))
+            ids[hard_rows] = h_ids[j[hard_rows]]
+            am[hard_rows] = h_am[j[hard_rows]]
+        T = max(int(am.sum(1).max()), 1)
+        ids, am = ids[:, :T], am[:, :T]
+        image_rows = torch.where(negative & ~hard_rows, idx[other], idx)
         itm_labels = (~negative).long()
         # MLM
         candidates = am.bool() & ~torch.isin(ids, self.special_ids)
@@ -103,6 +158,7 @@ class CaptionDataset:
             "pixel_values": ImageProcessor.normalize(raw),
             "pixel_mask": None,
             "itm_labels": itm_labels,
+            "hard_itm": hard_rows,
             "mlm_labels": mlm_labels,
         }
 

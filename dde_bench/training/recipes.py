@@ -5,9 +5,13 @@ A pipeline chains training stages (:func:`dde_bench.training.trainer.train`):
 * teacher: pre-training (ITM + MLM on the world's captions, into ``out/pretrain``) when the recipe has
   pre-training steps, then fine-tuning on the task (into ``out``) initialised from it;
 * student: towers initialised from the fine-tuned teacher and fine-tuned with the card's loss weights; or, with
-  ``pretrain_distill``, first initialised from the *pre-trained* teacher and distilled on captions
-  (ITM soft labels + attention, into ``out/pretrain``), then fine-tuned with distillation from the fine-tuned
-  teacher (the task head copied from it).
+  ``pretrain_distill``, first distilled on captions from the *pre-trained* teacher (ITM soft labels + attention,
+  into ``out/pretrain``; towers initialised from the pre-trained teacher, or with the recipe's
+  ``student_pretrain_init="finetuned"`` from the fine-tuned one like the other students), then fine-tuned with
+  distillation from the fine-tuned teacher (the task head copied from it).
+
+The pre-training stage's ITM negatives are random other images, plus (recipe ``itm_hard``) minimal-edit false
+captions of the same image (``pretrain.CaptionDataset.batch``); its metrics log ITM accuracy on each kind.
 
 ``ensure_trained`` is what the benchmark harness calls to get the default ``weights: trained`` models.
 """
@@ -49,9 +53,14 @@ class Recipe:
     clip_norm: float = 1.0
     eval_limit: int | None = None
     eval_every: int = 0  # evaluate every N fine-tuning steps (0 = only at the end)
+    itm_hard: float = 0.0  # pre-training: share of ITM negatives that are minimal-edit false captions
+    # student pre-training distillation starts from the "pretrained" teacher's weights (the paper's order) or
+    # from the "finetuned" teacher's, as the other student rows do
+    student_pretrain_init: str = "pretrained"
 
-    def optim_for(self, task: str, lr: float) -> OptimConfig:
-        mult = self.head_lr_mult * (10.0 if task == "vqa" else 1.0)
+    def optim_for(self, task: str, lr: float, stage: str = "finetune") -> OptimConfig:
+        # the x10 is for VQA's answer classifier; the pre-training stage trains the ITM / MLM heads instead
+        mult = self.head_lr_mult * (10.0 if task == "vqa" and stage == "finetune" else 1.0)
         return OptimConfig(lr=lr, head_lr_mult=mult, warmup_ratio=self.warmup_ratio, clip_norm=self.clip_norm)
 
 
@@ -66,18 +75,32 @@ QUICK = Recipe(
     student_steps=300,
 )
 MEDIUM = Recipe(
-    # For suites/nlvr2-hard.yaml (exist + spatial on 2 colours x 2 shapes), where the quick recipe's teacher is
-    # still near chance: measured (one seed, 500 dev examples) the teacher with 300 ITM + MLM pre-training steps
-    # reached 51 / 54 / 65 / 73 / 75% at 250 / 500 / 750 / 1000 / 1250 fine-tuning steps. Students get a short
-    # budget on purpose: the plain dual encoder's gap to the teacher is one of learning speed (with 300 steps it
-    # reached 69% against the teacher's 73% and soft + attention's 74%). Results:
-    # reports/reproduce/nlvr2-hard/ (teacher 72.5, no distillation 63.2, soft + attention 67.7, 2 seeds).
+    # For suites/nlvr2-hard.yaml (exist + spatial on 2 colours x 2 shapes) and its vqa-hard / snli-ve-hard
+    # siblings, where the quick recipe's teacher is still near chance. Measured on nlvr2-hard (one seed, 500 dev
+    # examples, /tmp experiments of issue 4):
+    # * pre-training with random-image ITM negatives only (the earlier medium: 300 steps) left ITM at 50-52%;
+    #   learning rate 1e-3, MLM weight 0.1 or all-minimal-pair negatives did not move it within 400 steps either.
+    #   It is a plateau: with half of the negatives minimal-edit captions (itm_hard 0.5) ITM leaves chance at
+    #   ~900 steps and reaches 88% on matched + random-image pairs at 1500 (minimal pairs: 36%, still mostly
+    #   fooled), so 1500 pre-training steps (~2.5 min).
+    # * that pre-trained teacher fine-tunes much faster: 64 / 74 / 76 / 75% at 250 / 500 / 750 / 1000 steps,
+    #   against 51 / 54 / 65 / 73 / 75% at 250 ... 1250 from the 300-step pre-training, so 1000 steps.
+    # * student pre-training distillation from the pre-trained teacher's weights (the paper's order) then 200
+    #   fine-tuning steps: 66.2%; from the fine-tuned teacher's weights, like every other student row: 71.2%
+    #   (soft + attention without it 70.8%), so "finetuned".
+    # Students get a short budget on purpose (200 steps): the plain dual encoder's gap to the teacher is one of
+    # learning speed. Results (3 seeds): reports/reproduce/{nlvr2-hard,snli-ve-hard,vqa-hard}/; teacher 74.2 /
+    # 91.4 / 88.5, no distillation 69.9 / 85.9 / 86.2, soft + attention 71.5 / 87.0 / 88.6, with pre-training
+    # distillation 71.2 / 87.1 / 88.5 (the issue's half-the-gap and within-1-point targets not reached where
+    # there is a gap; see the READMEs there).
     name="medium",
     init_std=0.1,
-    teacher_pretrain_steps=300,
-    teacher_steps=1500,
-    student_pretrain_steps=100,
+    teacher_pretrain_steps=1500,
+    teacher_steps=1000,
+    student_pretrain_steps=300,
     student_steps=200,
+    itm_hard=0.5,
+    student_pretrain_init="finetuned",
 )
 FULL = Recipe(
     name="full",
@@ -87,7 +110,11 @@ FULL = Recipe(
     student_pretrain_steps=500,
     student_steps=1500,
 )
-RECIPES = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
+# The medium recipe with 3x the student fine-tuning budget (600 steps instead of 200), everything else equal:
+# does a longer student budget let distillation close more of the teacher gap on snli-ve-hard?
+# (reports/reproduce/snli-ve-hard-long/, teachers reused from reports/reproduce/snli-ve-hard/)
+MEDIUM_LONG = replace(MEDIUM, name="medium-long", student_steps=600)
+RECIPES = {"quick": QUICK, "medium": MEDIUM, "medium-long": MEDIUM_LONG, "full": FULL}
 
 
 def get_recipe(name: str) -> Recipe:
@@ -131,6 +158,16 @@ def _stage_cfg(base: dict, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+def _pretrain_stage(
+    base: dict, pre: Path, steps: int, init: str, optim: OptimConfig, nproc: int, **kw
+) -> None:
+    """The pre-training stage into ``pre``, unless a finished one is there already."""
+    if not (pre / "config.json").is_file():
+        run_stage(
+            _stage_cfg(base, out=str(pre), stage="pretrain", steps=steps, init=init, optim=optim, **kw), nproc
+        )
+
+
 def train_teacher(
     suite: dict,
     out: Path,
@@ -168,13 +205,13 @@ def train_teacher(
         threads=threads,
         eval_every=recipe.eval_every,
         eval_limit=eval_limit if eval_limit is not None else recipe.eval_limit,
+        itm_hard=recipe.itm_hard,
     )
     out = Path(out)
     n_pre = recipe.teacher_pretrain_steps if pretrain_steps is None else pretrain_steps
     if n_pre > 0:
         pre = out / "pretrain"
-        if not (pre / "config.json").is_file():
-            run_stage(_stage_cfg(base, out=str(pre), stage="pretrain", steps=n_pre, init=init), nproc)
+        _pretrain_stage(base, pre, n_pre, init, recipe.optim_for(task, lr, "pretrain"), nproc)
         init = str(pre)
     run_stage(_stage_cfg(base, out=str(out), steps=steps or recipe.teacher_steps, init=init), nproc)
     return out
@@ -222,6 +259,7 @@ def train_student(
         weights=weights,
         eval_every=recipe.eval_every,
         eval_limit=eval_limit if eval_limit is not None else recipe.eval_limit,
+        itm_hard=recipe.itm_hard,
     )
     out = Path(out)
     init = "teacher"
@@ -236,13 +274,15 @@ def train_student(
             raise UserError("pre-training distillation needs --pretrain-steps > 0")
         pre = out / "pretrain"
         pre_weights = replace(weights, ground_truth=weights.ground_truth)
-        if not (pre / "config.json").is_file():
-            run_stage(
-                _stage_cfg(
-                    base, out=str(pre), stage="pretrain", steps=n_pre, init="teacher", weights=pre_weights
-                ),
-                nproc,
-            )
+        _pretrain_stage(
+            base,
+            pre,
+            n_pre,
+            "finetuned-teacher" if recipe.student_pretrain_init == "finetuned" else "teacher",
+            recipe.optim_for(task, lr, "pretrain"),
+            nproc,
+            weights=pre_weights,
+        )
         init = str(pre)
     run_stage(_stage_cfg(base, out=str(out), steps=steps or recipe.student_steps, init=init), nproc)
     return out
@@ -253,6 +293,16 @@ def train_student(
 
 def _card_core(card: dict) -> dict:
     return {k: v for k, v in card.items() if k not in ("description", "name")}
+
+
+def _recipe_key(recipe: Recipe) -> dict:
+    """The recipe as hashed into cache keys: fields added later are left out at their defaults, so adding one
+    does not retrain every cached checkpoint."""
+    d = asdict(recipe)
+    for k, v in (("itm_hard", 0.0), ("student_pretrain_init", "pretrained")):
+        if d.get(k) == v:
+            d.pop(k)
+    return d
 
 
 def _key(*parts) -> str:
@@ -318,7 +368,7 @@ def ensure_trained(
     dev = str(device)
     root = Path(cache_root) / "checkpoints"
     if kind == "teacher":
-        key = _key(RECIPE_VERSION, _data_key(suite_card), _card_core(model_card), asdict(recipe))
+        key = _key(RECIPE_VERSION, _data_key(suite_card), _card_core(model_card), _recipe_key(recipe))
         return _atomic_train(
             root / f"{name}-{task}-{key}",
             lambda tmp: train_teacher(
@@ -341,7 +391,9 @@ def ensure_trained(
         attention=float(d.get("attention", 1.0)),
         temperature=float(d.get("temperature", 1.0)),
     )
-    key = _key(RECIPE_VERSION, _data_key(suite_card), _card_core(model_card), asdict(recipe), t_path.name)
+    key = _key(
+        RECIPE_VERSION, _data_key(suite_card), _card_core(model_card), _recipe_key(recipe), t_path.name
+    )
     return _atomic_train(
         root / f"{name}-{task}-{key}",
         lambda tmp: train_student(

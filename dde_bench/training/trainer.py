@@ -86,7 +86,9 @@ class TrainConfig:
     init_std: float | None = None  # from-scratch teacher: override the size's init std (tiny worlds: 0.1)
     cache_root: str = "reports/cache"
     init: str = "scratch"  # teacher: scratch | dde-bench checkpoint | transformers ViLT folder;
-    # student: "teacher" (towers from --teacher) or a student checkpoint (e.g. from its pre-training stage)
+    # student: "teacher" (towers from --teacher; in the pre-training stage from its pre-trained stage),
+    # "finetuned-teacher" (pre-training stage: towers from the fine-tuned --teacher, distilled from the
+    # pre-trained one) or a student checkpoint (e.g. from its pre-training stage)
     teacher: str | None = None  # student: the teacher checkpoint distilled from (and initialised from)
     steps: int = 1000
     batch_size: int = 32
@@ -105,6 +107,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     stop_after: int | None = None  # stop (state saved) after this many steps, as an interruption would
+    itm_hard: float = 0.0  # pre-training: share of ITM negatives that are minimal-edit false captions
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -277,6 +280,18 @@ class TaskLoss(nn.Module):
         return total, parts
 
 
+def itm_accuracies(itm_logits: torch.Tensor, batch: dict) -> dict[str, float]:
+    """ITM accuracy overall and, when the batch has minimal-edit negatives, on those alone (``itm_acc_hard``:
+    chance is 0, a model that ignores the image says "match" to them) and on the other pairs."""
+    right = itm_logits.argmax(-1) == batch["itm_labels"]
+    out = {"itm_acc": float(right.float().mean())}
+    hard = batch.get("hard_itm")
+    if hard is not None and bool(hard.any()):
+        out["itm_acc_hard"] = float(right[hard].float().mean())
+        out["itm_acc_easy"] = float(right[~hard].float().mean())
+    return out
+
+
 class PretrainLoss(nn.Module):
     """Pre-training: teacher ITM + MLM; student ITM with soft-label and attention distillation."""
 
@@ -316,7 +331,7 @@ class PretrainLoss(nn.Module):
                 mlm = mlm_logits.sum() * 0.0
             total = w.ground_truth * itm + w.mlm * mlm
             parts.update(itm=float(itm.detach()), mlm=float(mlm.detach()))
-            parts["itm_acc"] = float((itm_logits.argmax(-1) == batch["itm_labels"]).float().mean())
+            parts.update(itm_accuracies(itm_logits, batch))
         else:
             teacher = self.frozen.model
             need_att = teacher is not None and w.attention > 0
@@ -347,7 +362,7 @@ class PretrainLoss(nn.Module):
                     total = total + w.attention * att
                     parts["attention"] = float(att.detach())
                     parts.update(att_parts)
-            parts["itm_acc"] = float((itm_logits.argmax(-1) == batch["itm_labels"]).float().mean())
+            parts.update(itm_accuracies(itm_logits, batch))
         parts["loss"] = float(total.detach())
         return total, parts
 
@@ -628,6 +643,11 @@ def _train(cfg: TrainConfig) -> Path:
         model = Student(teacher.config, task, teacher.num_labels)
         if cfg.init == "teacher":
             model.init_from_teacher(teacher)
+        elif cfg.init == "finetuned-teacher":
+            # pre-training distillation from the fine-tuned teacher's weights (the other student rows' start)
+            tuned = load_teacher(Path(cfg.teacher))
+            _check_teacher(tuned, task, cfg.size, str(cfg.teacher))
+            model.init_from_teacher(tuned)
         else:
             init = load_student(cfg.init)
             load_state_checked(model, init.state_dict(), str(cfg.init))
@@ -708,7 +728,7 @@ def _train(cfg: TrainConfig) -> Path:
                 idx = shard_indices(len(train_set), cfg.batch_size, micro_step, cfg.seed, d)
                 if cfg.stage == "pretrain":
                     g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + micro_step) * 64 + d.rank)
-                    batch = train_set.batch(idx, g)
+                    batch = train_set.batch(idx, g, hard=cfg.itm_hard)
                 else:
                     batch = train_set.batch(idx)
                 batch = to_device(batch, device)
