@@ -43,6 +43,7 @@ from dde_bench.bench.flops import count_flops, model_flop_utilisation
 from dde_bench.bench.guard import free_memory, is_oom
 from dde_bench.bench.memory import MemoryTracker
 from dde_bench.bench.results import ResultWriter, match_key
+from dde_bench.bench.schema import plain_name
 from dde_bench.bench.stats import mean_ci, speedup
 from dde_bench.env import resolve_device
 from dde_bench.errors import UserError
@@ -110,11 +111,6 @@ class Entry:
         False  # gallery only: cache the fusion MLP's image half too (dde_bench.modeling.fastpath)
     )
     compile: str | None = None  # torch.compile backend of a `@compiled` variant
-
-
-def plain_name(name: str) -> str:
-    """The model a variant (`tiny-student@compiled`, `...@fusion-cache`) is a variant of."""
-    return name.split("@")[0]
 
 
 def compiled_variant(e: Entry, backend: str, names: set[str]) -> Entry:
@@ -538,7 +534,7 @@ class Runner:
             "threads": torch.get_num_threads(),  # as measured, not as asked
             "teacher_model": e.teacher,
             "note": e.note,
-            **self.accuracy.get(e.name.split("@")[0], {}),  # a fusion-cache variant scores like its student
+            **self.accuracy.get(plain_name(e.name), {}),  # a fusion-cache variant scores like its student
         }
 
     def _done(self, e: Entry, scenario: str, batch: int, dtype: str, gallery: int | None = None) -> bool:
@@ -665,9 +661,7 @@ class Runner:
         plain = [e for e in members if not e.compile]
         fns = {e.name: scenario_call(e, scenario, x[e.name]) for e in plain}
         flops = {n: count_flops(fn) / batch for n, fn in fns.items()}
-        compiled, failed = self._compile_group(
-            [e for e in members if e.compile], scenario, x, fns, dtype, batch
-        )
+        compiled, failed = self._compile_group([e for e in members if e.compile], scenario, x, fns, dtype)
         fns.update({n: c["fn"] for n, c in compiled.items()})
         flops.update({n: flops[plain_name(n)] for n in compiled})  # the same arithmetic, compiled
         rule = dict(self.rule)
@@ -708,11 +702,8 @@ class Runner:
                     speedup_flop_bound=flops[e.teacher] / flops[e.name] if flops[e.name] else None,
                 )
             if e.compile:
-                p = speedup(meas[plain_name(e.name)].samples_s, m.samples_s, seed=seed)
                 row.update(
-                    speedup_vs_plain=p.ratio,
-                    speedup_vs_plain_ci_low=p.ci_low,
-                    speedup_vs_plain_ci_high=p.ci_high,
+                    _vs_plain(meas, e.name, seed),
                     compile_s=compiled[e.name]["compile_s"],
                     max_abs_diff_vs_plain=compiled[e.name]["max_abs_diff"],
                 )
@@ -721,9 +712,7 @@ class Runner:
             out.append((row, m.samples_ms))
         return out
 
-    def _compile_group(
-        self, entries: list[Entry], scenario: str, x: dict, plain_fns: dict, dtype, batch: int
-    ):
+    def _compile_group(self, entries: list[Entry], scenario: str, x: dict, plain_fns: dict, dtype):
         """Compile each `@compiled` entry's call and check its output against the plain path on the same
         inputs (fp32: 1e-4; bf16/fp16: 3e-2, absolute and relative). Returns ({name: {fn, compile_s,
         max_abs_diff}}, {name: error}): a call that fails to compile or disagrees becomes an error row."""
@@ -834,7 +823,7 @@ class Runner:
 
     def _pooled(self, e: Entry, dtype) -> tuple[torch.Tensor, float]:
         """Pooled image features of the cache set (once per student and dtype) and the seconds they took."""
-        key = (e.name.split("@")[0], str(dtype))
+        key = (plain_name(e.name), str(dtype))
         if key not in self._pooled_cache:
             t0 = time.perf_counter()
             feats = []
@@ -923,12 +912,7 @@ class Runner:
                     m = meas[e.name]
                     row.update(m.to_row(), status="ok", flops_per_item=flops[e.name])
                     if e.fusion_cache and plain_name(e.name) in meas:
-                        p = speedup(meas[plain_name(e.name)].samples_s, m.samples_s, seed=self.cfg.seed)
-                        row.update(
-                            speedup_vs_plain=p.ratio,
-                            speedup_vs_plain_ci_low=p.ci_low,
-                            speedup_vs_plain_ci_high=p.ci_high,
-                        )
+                        row.update(_vs_plain(meas, e.name, self.cfg.seed))
                     if e.kind == "student":
                         row.update(self._cache_cost(e, dtype))
                         row.update(self._stores[(e.name, dtype_name)][1])
@@ -1051,6 +1035,16 @@ class Runner:
 
         out = render_report([self.run_dir], self.run_dir / "report")
         self.console.print(f"[bold]report[/]: {out}")
+
+
+def _vs_plain(meas: dict, variant: str, seed: int) -> dict:
+    """A variant's speedup over its plain model measured in the same interleaved group (ratio of medians)."""
+    p = speedup(meas[plain_name(variant)].samples_s, meas[variant].samples_s, seed=seed)
+    return {
+        "speedup_vs_plain": p.ratio,
+        "speedup_vs_plain_ci_low": p.ci_low,
+        "speedup_vs_plain_ci_high": p.ci_high,
+    }
 
 
 def _break_even(row: dict, teacher_s: float, student_s: float, n: int) -> float | None:

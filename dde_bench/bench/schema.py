@@ -69,3 +69,11 @@ COLUMNS = (
 )
 
 RAW_SAMPLES_KEY = "latency_samples_ms"  # in results.jsonl only
+
+# '<model>@<variant>' rows measure a variant of <model> (`@fusion-cache`, `@compiled`) in the same run
+VARIANT_SEP = "@"
+
+
+def plain_name(name: str) -> str:
+    """The model a variant row (`tiny-student@compiled`, `...@fusion-cache`) is a variant of."""
+    return name.split(VARIANT_SEP)[0]

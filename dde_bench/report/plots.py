@@ -25,6 +25,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from dde_bench.bench.schema import VARIANT_SEP  # noqa: E402
 from dde_bench.report.load import RowKey, row_key  # noqa: E402
 from dde_bench.report.style import (  # noqa: E402
     SCENARIO_MARKERS,
@@ -416,7 +417,7 @@ def plot_gallery(
             sub["latency_p50_ms"].map(num),
             marker="o",
             color=palette.color(m),
-            linestyle="--" if "@" in m else "-",
+            linestyle="--" if VARIANT_SEP in m else "-",
             label=m,
         )
     ax.set_xscale("log")

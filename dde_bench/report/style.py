@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dde_bench.bench.schema import VARIANT_SEP, plain_name
 from dde_bench.errors import UserError
 
 NA = "n/a"
@@ -65,9 +66,6 @@ def model_role(model: str, kind: str | None) -> str:
     return "other"
 
 
-VARIANT_SEP = "@"  # '<model>@<variant>' rows measure a variant of <model> (e.g. the fusion-aware cache)
-
-
 def _lighter(color: str, amount: float = 0.45) -> str:
     """The colour mixed with white."""
     from matplotlib.colors import to_hex, to_rgb
@@ -94,7 +92,7 @@ class Palette:
         # a variant ('tiny-student@fusion-cache') takes a lighter shade of its model's colour
         for m in models:
             if VARIANT_SEP in m:
-                base = m.split(VARIANT_SEP)[0]
+                base = plain_name(m)
                 self.colors[m] = _lighter(self.colors.get(base, ROLE_COLORS["other"][0]))
 
     def color(self, model: str) -> str:

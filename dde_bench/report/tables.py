@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dde_bench.bench.schema import MATCH_KEYS
+from dde_bench.bench.schema import MATCH_KEYS, plain_name
 from dde_bench.report.load import Run
 from dde_bench.report.style import NA, Palette, fixed, is_missing, pct, pct_ci, sig, speedup_ci
 
@@ -247,17 +247,12 @@ def fastpath_table(rows: pd.DataFrame) -> pd.DataFrame:
     var = ok[ok["speedup_vs_plain"].map(num).notna()]
     recs = []
     for _, r in var.iterrows():
-        plain = r["model"].split("@")[0]
-        size = r.get("gallery_size") if r["scenario"] == "gallery" else r.get("batch_size")
+        # within one suite/device/dtype group a row is (model, scenario, batch); a gallery row's batch is its N
+        size = r.get("batch_size")
         same = ok[
-            (ok["model"] == plain)
+            (ok["model"] == plain_name(r["model"]))
             & (ok["scenario"] == r["scenario"])
-            & (ok["batch_size"] == r["batch_size"])
-            & (
-                ok["gallery_size"].map(num).fillna(-1) == num(r.get("gallery_size"))
-                if r["scenario"] == "gallery"
-                else True
-            )
+            & (ok["batch_size"] == size)
         ]
         diff = r.get("max_abs_diff_vs_plain")
         recs.append(

@@ -89,10 +89,7 @@ MEDIUM = Recipe(
     #   fine-tuning steps: 66.2%; from the fine-tuned teacher's weights, like every other student row: 71.2%
     #   (soft + attention without it 70.8%), so "finetuned".
     # Students get a short budget on purpose (200 steps): the plain dual encoder's gap to the teacher is one of
-    # learning speed. Results (3 seeds): reports/reproduce/{nlvr2-hard,snli-ve-hard,vqa-hard}/; teacher 74.2 /
-    # 91.4 / 88.5, no distillation 69.9 / 85.9 / 86.2, soft + attention 71.5 / 87.0 / 88.6, with pre-training
-    # distillation 71.2 / 87.1 / 88.5 (the half-the-gap and within-1-point targets not reached where
-    # there is a gap; see the READMEs there).
+    # learning speed. Results (3 seeds): reports/reproduce/{nlvr2-hard,snli-ve-hard,vqa-hard}/README.md.
     name="medium",
     init_std=0.1,
     teacher_pretrain_steps=1500,
@@ -273,7 +270,6 @@ def train_student(
         if n_pre <= 0:
             raise UserError("pre-training distillation needs --pretrain-steps > 0")
         pre = out / "pretrain"
-        pre_weights = replace(weights, ground_truth=weights.ground_truth)
         _pretrain_stage(
             base,
             pre,
@@ -281,7 +277,7 @@ def train_student(
             "finetuned-teacher" if recipe.student_pretrain_init == "finetuned" else "teacher",
             recipe.optim_for(task, lr, "pretrain"),
             nproc,
-            weights=pre_weights,
+            weights=weights,
         )
         init = str(pre)
     run_stage(_stage_cfg(base, out=str(out), steps=steps or recipe.student_steps, init=init), nproc)
