@@ -169,3 +169,32 @@ def test_caption_parse_roundtrip_and_minimal_edit_negatives(tmp_path):
         parse_caption("an empty grid") is None
         and caption_negatives("not a caption", colors, shapes, (2, 5)) == []
     )
+
+
+def test_family_of_recovers_every_family_from_the_text():
+    """family_of (the per-family breakdown of `reproduce`) names the family each generator wrote, on every task
+    and family, and refuses a text the world would not write."""
+    import random
+
+    from dde_bench.data.synth import (
+        TASK_FAMILIES,
+        World,
+        WorldSettings,
+        _nlvr2_statement,
+        _snli_hypothesis,
+        _vqa_question,
+        family_of,
+    )
+
+    for task, families in TASK_FAMILIES.items():
+        w = World(WorldSettings(task=task), random.Random(1))
+        for family in families:
+            for j in range(40):
+                if task == "nlvr2":
+                    text = _nlvr2_statement(w, family)[0]
+                elif task == "vqa":
+                    text = _vqa_question(w, family, j)[0]
+                else:
+                    text = _snli_hypothesis(w, family, ("entailment", "neutral", "contradiction")[j % 3])[0]
+                assert family_of(text) == family, (task, family, text)
+    assert family_of("a photo of a dog") is None

@@ -31,6 +31,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (("train", "teacher", "--suite", "nlvr2", "--nproc", "0"), "--nproc"),
         (("reproduce", "--suite", "nlvr2", "--seeds", "0"), "--seeds"),
         (("reproduce", "--suite", "nlvr2", "--recipe", "no-such-recipe"), "unknown recipe"),
+        (("reproduce", "--suite", "nlvr2", "--students", "nodistill,telepathy"), "unknown row(s) telepathy"),
+        (("reproduce", "--suite", "nlvr2", "--eval-every", "-1"), "--eval-every"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message):

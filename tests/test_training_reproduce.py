@@ -39,9 +39,19 @@ def test_table_aggregates_seeds(tmp_path):
         {"model": "student", "seed": 0, "accuracy": 60.0, "consistency": 30.0, "speedup": 3.0},
         {"model": "student", "seed": 1, "accuracy": 62.0, "consistency": 32.0, "speedup": 5.0},
     ]
-    csv_path, md_path = write_table(rows, tmp_path, "nlvr2", "quick", 2)
+    nodistill = [
+        {"model": "student, no distillation", "seed": s, "accuracy": a, "speedup": 4.0}
+        for s, a in ((0, 58.0), (1, 56.0))
+    ]
+    for r, spatial in zip(rows + nodistill, (50.0, 60.0, 40.0, 44.0, 30.0, 30.0), strict=True):
+        r["accuracy_spatial"] = spatial
+    csv_path, md_path = write_table(rows + nodistill, tmp_path, "nlvr2", "quick", 2)
     table = list(csv.DictReader(open(csv_path)))
     assert table[0]["accuracy"] == "72.0 ± 2.8"
+    assert [t["spatial"] for t in table] == ["55.0 ± 7.1", "42.0 ± 2.8", "30.0 ± 0.0"]
+    # (61 - 57) / (72 - 57) of the gap
+    assert [t["teacher gap closed"] for t in table] == ["", "27%", ""]
+    assert "statement family (spatial)" in md_path.read_text()
     assert table[1]["speedup (cached)"] == "4.00x"
     assert "| student | 61.0 ± 1.4 |" in md_path.read_text()
 
@@ -59,9 +69,24 @@ def test_reproduce_runs_every_row(tmp_path, monkeypatch):
     )
     monkeypatch.setitem(recipes.RECIPES, "quick", tiny)
     paths = run_reproduce(
-        SUITE, tmp_path / "out", seeds=1, cache_root=tmp_path / "cache", device="cpu", progress=False
+        SUITE,
+        tmp_path / "out",
+        seeds=1,
+        cache_root=tmp_path / "cache",
+        device="cpu",
+        progress=False,
+        eval_every=1,
     )
     rows = list(csv.DictReader(open(paths[0])))
     assert len(rows) == 6
     assert all(float(r["speedup"]) > 0 for r in rows)
     assert (tmp_path / "out" / "table.md").is_file()
+    # learning curves: every fine-tuning stage evaluated at step 1 and at its end (step 2), nothing else
+    curves = list(csv.DictReader(open(tmp_path / "out" / "curves.csv")))
+    assert sorted({c["model"] for c in curves}) == sorted(r["model"] for r in rows)
+    assert sorted(int(c["step"]) for c in curves) == [1] * 6 + [2] * 6
+    finals = {c["model"]: float(c["accuracy"]) for c in curves if c["step"] == "2"}
+    assert finals == {r["model"]: float(r["accuracy"]) for r in rows}
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000
+    # the world has one family (exist): its accuracy is the whole accuracy
+    assert all(float(r["accuracy_exist"]) == float(r["accuracy"]) for r in rows)

@@ -329,6 +329,23 @@ def format_caption(groups: dict[tuple[str, str], int], rel: tuple | None) -> str
     return text
 
 
+def family_of(text: str) -> str | None:
+    """The statement family of a task text this generator wrote (exist, count, spatial, compare, attribute), from
+    its wording; None for a text it would not write. Used to break accuracy down by family."""
+    t = text.strip().lower()
+    if any(f" {rel} " in f" {t.rstrip('?')} " for rel in RELATIONS):
+        return "spatial"
+    if " exactly " in t or " at least " in t or t.startswith("how many "):
+        return "count"
+    if " more " in t:
+        return "compare"
+    if t.startswith(("what color is the ", "what shape is the ")):
+        return "attribute"
+    if " contain a " in t or " contains a " in t or t.startswith(("there is a ", "is there a ")):
+        return "exist"
+    return None
+
+
 def caption_negatives(
     text: str,
     colors: Sequence[str],

@@ -28,6 +28,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from dde_bench.bench.schema import VARIANT_SEP  # noqa: E402
 from dde_bench.report.load import RowKey, row_key  # noqa: E402
 from dde_bench.report.style import (  # noqa: E402
+    ROLE_COLORS,
     SCENARIO_MARKERS,
     STAGE_COLORS,
     STAGE_LABELS,
@@ -562,3 +563,60 @@ PLOTS: dict[str, tuple[str, Callable[..., PlotResult]]] = {
     "gallery": ("Gallery scaling and cache break-even", plot_gallery),
     "stages": ("Per-stage time split", plot_stages),
 }
+
+
+# ---------------------------------------------------------------- learning curves (dde-bench reproduce)
+
+
+def _curve_style(model: str) -> tuple[str, str]:
+    """(colour, line style) of a reproduce row: teacher blue, no distillation purple, distilled students orange."""
+    if model.startswith("teacher"):
+        return ROLE_COLORS["teacher"][0], "-"
+    if "no distillation" in model:
+        return ROLE_COLORS["student-nodistill"][0], "-"
+    if "pre-training" in model:
+        return ROLE_COLORS["student"][2], "-"
+    if "soft + attention" in model:
+        return ROLE_COLORS["student"][0], "-"
+    if "soft" in model:
+        return ROLE_COLORS["student"][1], "--"
+    return ROLE_COLORS["student"][1], ":"
+
+
+def plot_learning_curves(curves: pd.DataFrame, title: str) -> Figure:
+    """Eval accuracy against fine-tuning steps (mean over seeds, min-max band shaded).
+
+    ``curves``: columns model, seed, step, accuracy (``dde-bench reproduce --eval-every``). Left: the students,
+    compared at equal steps, with the teacher's final accuracy as a dashed line (the students start from the
+    fine-tuned teacher's weights, so their step 0 comes after the teacher's last step). Right: the teacher's own
+    fine-tuning."""
+    fig, (ax, ax_t) = plt.subplots(
+        1, 2, figsize=(10.5, 4.2), gridspec_kw={"width_ratios": [1.6, 1]}, sharey=True
+    )
+    for model in dict.fromkeys(curves["model"]):
+        rows = curves[curves["model"] == model]
+        sel = rows.groupby("step")["accuracy"]
+        mean, lo, hi = sel.mean(), sel.min(), sel.max()
+        n = int(rows["seed"].nunique())
+        color, ls = _curve_style(model)
+        label = f"{model} ({n} seed{'s' * (n > 1)})"
+        is_teacher = model.startswith("teacher")
+        target = ax_t if is_teacher else ax
+        target.plot(mean.index, mean.values, ls, color=color, marker=".", ms=4, label=label)
+        if n > 1:
+            target.fill_between(mean.index, lo.values, hi.values, color=color, alpha=0.12, lw=0)
+        if is_teacher:
+            final = rows[rows["step"] == rows.groupby("seed")["step"].transform("max")]["accuracy"]
+            ax.axhline(
+                final.mean(), color=color, ls="--", lw=1.2, label=f"teacher, final ({final.mean():.1f})"
+            )
+    ax.set_xlabel("student fine-tuning steps")
+    ax.set_ylabel("eval accuracy (%)")
+    ax.set_title("students (towers from the fine-tuned teacher)")
+    ax.legend(fontsize=7.5, loc="lower right")
+    ax_t.set_xlabel("teacher fine-tuning steps")
+    ax_t.set_title("teacher")
+    ax_t.legend(fontsize=7.5, loc="lower right")
+    _suptitle(fig, "Learning curves", title)
+    fig.tight_layout()
+    return fig

@@ -140,12 +140,23 @@ def reproduce(
     seeds: int = typer.Option(2, help="number of seeds (0 .. N-1)"),
     quick: bool = typer.Option(True, help="the quick recipe (tiny models, minutes); --no-quick = full"),
     recipe: str = typer.Option(
-        None, help="a named recipe (quick, medium, full); overrides --quick/--no-quick"
+        None,
+        help="a named recipe (quick, medium, medium-long, rich, rich-equal, full); overrides --quick/--no-quick",
     ),
     out: Path = typer.Option(Path("reports/reproduce")),
     cache_root: Path = typer.Option(Path("reports/cache")),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
     threads: int = typer.Option(2),
+    eval_every: int = typer.Option(
+        0,
+        help="evaluate every N fine-tuning steps and write the learning curves (curves.csv, curves.png); "
+        "0 = the final accuracy only",
+    ),
+    students: str = typer.Option(
+        None,
+        help="comma-separated student rows to run (nodistill, soft, attention, soft-attention, "
+        "soft-attention-pretrain); default all",
+    ),
 ) -> None:
     """The paper-style ablation on the synthetic world: teacher, students without / with each distillation,
     accuracy (mean and std over seeds) and measured speedup over the teacher with cached image features."""
@@ -154,6 +165,16 @@ def reproduce(
 
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if eval_every < 0:
+        raise UserError(f"--eval-every must be 0 or more, got {eval_every}")
+    from dde_bench.training.reproduce import SLUGS
+
+    rows = None if students is None else [x.strip() for x in students.split(",") if x.strip()]
+    bad = [x for x in rows or [] if x not in SLUGS]
+    if bad or rows == []:
+        raise UserError(
+            f"--students: unknown row(s) {', '.join(bad) or '(none given)'}; known: {', '.join(SLUGS)}"
+        )
     resolve_device(device)
     if recipe is not None:
         from dde_bench.training.recipes import get_recipe
@@ -167,6 +188,8 @@ def reproduce(
         cache_root=cache_root,
         device=device,
         threads=threads,
+        eval_every=eval_every,
+        students=rows,
     )
     for p in paths:
         typer.echo(f"wrote {p}")

@@ -9,7 +9,11 @@ Each row reports eval accuracy (mean and sample std over seeds; NLVR2 also consi
 speedup over the teacher with cached image features (teacher: joint stack; student: text tower + fusion + head
 against precomputed image features), measured interleaved in one process at batch 32
 (``bench.timing.measure_interleaved`` + ``bench.stats.speedup``, ratio of medians with a bootstrap CI).
-Written as ``results.csv`` (one row per model and seed), ``table.csv`` and ``table.md``.
+Written as ``results.csv`` (one row per model and seed), ``table.csv`` and ``table.md``. With ``eval_every``
+every fine-tuning stage (teacher and students) also evaluates every N steps, and the learning curves are written
+as ``curves.csv`` (model, seed, step, accuracy) and ``curves.png`` (mean over seeds with the min-max band): a
+distillation benefit shows as a student curve above the no-distillation one at equal steps, and a plateau shows
+whether a gap is one of training length or of the model.
 """
 
 from __future__ import annotations
@@ -83,6 +87,40 @@ def measure_speedup(
     }
 
 
+def suite_families(suite: dict) -> list[str]:
+    """The statement families of a synthetic suite's world (empty for a suite on a real data folder)."""
+    from dde_bench.data.synth import TASK_FAMILIES
+
+    data = suite.get("data") or {}
+    if data.get("source", "synthetic") != "synthetic" or data.get("data_dir"):
+        return []
+    task = str(suite.get("task", suite.get("name")))
+    return list((data.get("synth") or {}).get("families") or TASK_FAMILIES.get(task, ()))
+
+
+def family_accuracy(checkpoint: Path, suite: dict, cache_root: Path, device: str) -> dict[str, float]:
+    """Eval accuracy (percent, the task's per-example score) of a checkpoint on each statement family of a
+    synthetic suite, the family read from each text by ``synth.family_of``; {} if some text has none."""
+    from dde_bench.data.synth import family_of
+    from dde_bench.env import resolve_device
+    from dde_bench.modeling.checkpoint import load_model
+    from dde_bench.training.trainer import example_scores, load_task_data, predict
+
+    dev = resolve_device(device)
+    model = load_model(checkpoint).to(dev).eval()
+    split = suite.get("eval_split", "dev")
+    _, _, sets, _ = load_task_data(suite, cache_root, model.config, (split,))
+    data = sets[split]
+    fams = [family_of(e.text) for e in data.examples]
+    if None in fams:
+        return {}
+    scores = example_scores(data, predict(model, data, dev))
+    out: dict[str, list[float]] = {}
+    for f, sc in zip(fams, scores, strict=True):
+        out.setdefault(f, []).append(sc)
+    return {f: 100.0 * sum(v) / len(v) for f, v in sorted(out.items())}
+
+
 def _fmt(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -101,12 +139,18 @@ def run_reproduce(
     device: str = "auto",
     threads: int = 2,
     progress: bool = True,
+    eval_every: int = 0,
+    students: list[str] | None = None,
 ) -> list[Path]:
-    """Train and measure every row for every seed; write results.csv, table.csv and table.md into ``out``."""
-    recipe = get_recipe(recipe_name)
-    if recipe.teacher_pretrain_steps <= 0 or recipe.student_pretrain_steps <= 0:
-        from dataclasses import replace
+    """Train and measure every row for every seed; write results.csv, table.csv and table.md into ``out``
+    (and with ``eval_every`` > 0 the learning curves, curves.csv and curves.png). ``students``: the student rows
+    to run, by slug (:data:`SLUGS`); default all."""
+    from dataclasses import replace
 
+    recipe = get_recipe(recipe_name)
+    if eval_every > 0:
+        recipe = replace(recipe, eval_every=eval_every)
+    if recipe.teacher_pretrain_steps <= 0 or recipe.student_pretrain_steps <= 0:
         recipe = replace(
             recipe,
             teacher_pretrain_steps=max(recipe.teacher_pretrain_steps, 200),
@@ -128,6 +172,8 @@ def run_reproduce(
         "train_seconds",
         "checkpoint",
     ]
+    families = suite_families(suite)
+    fields[4:4] = [f"accuracy_{f}" for f in families]
     with open(results_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -157,12 +203,15 @@ def run_reproduce(
                     "model": "teacher (fusion encoder)",
                     "seed": seed,
                     **_metric_cols(tm),
+                    **_family_cols(families, t_dir, suite, cache_root, device),
                     "speedup": 1.0,
                     "train_seconds": tm.get("train_seconds", round(time.time() - t0, 1)),
                     "checkpoint": str(t_dir),
                 }
             )
             for (label, weights, pre), slug in zip(VARIANTS, SLUGS, strict=True):
+                if students is not None and slug not in students:
+                    continue
                 s_dir = out / "checkpoints" / f"seed{seed}" / slug
                 if not (s_dir / "config.json").is_file():
                     train_student(
@@ -185,12 +234,59 @@ def run_reproduce(
                         "model": label,
                         "seed": seed,
                         **_metric_cols(sm),
+                        **_family_cols(families, s_dir, suite, cache_root, device),
                         **sp,
                         "train_seconds": sm.get("train_seconds"),
                         "checkpoint": str(s_dir),
                     }
                 )
-    return [results_path, *write_table(rows, out, task, recipe_name, seeds)]
+    paths = [results_path, *write_table(rows, out, task, recipe_name, seeds)]
+    if eval_every > 0:
+        paths += write_curves(rows, out, f"{suite.get('name', task)}, {recipe_name} recipe, {seeds} seed(s)")
+    return paths
+
+
+def read_curve(checkpoint: Path) -> list[tuple[int, float]]:
+    """(step, accuracy) of a fine-tuning stage's evaluations, from its ``metrics.csv``."""
+    path = Path(checkpoint) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [
+            (int(r["step"]), float(r["value"]))
+            for r in csv.DictReader(f)
+            if r["split"] == "eval" and r["name"] == "accuracy"
+        ]
+
+
+def write_curves(rows: list[dict], out: Path, title: str) -> list[Path]:
+    """``curves.csv`` (one line per model, seed and evaluation) and ``curves.png`` from the rows' checkpoints."""
+    import pandas as pd
+
+    from dde_bench.report.plots import plot_learning_curves
+
+    points = [
+        {"model": r["model"], "seed": r["seed"], "step": step, "accuracy": acc}
+        for r in rows
+        for step, acc in read_curve(Path(r["checkpoint"]))
+    ]
+    df = pd.DataFrame(points, columns=["model", "seed", "step", "accuracy"])
+    csv_path = out / "curves.csv"
+    df.to_csv(csv_path, index=False)
+    png = out / "curves.png"
+    fig = plot_learning_curves(df, title)
+    fig.savefig(png, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return [csv_path, png]
+
+
+def _family_cols(families: list[str], ckpt: Path, suite: dict, cache_root: Path, device: str) -> dict:
+    if not families:
+        return {}
+    acc = family_accuracy(ckpt, suite, cache_root, device)
+    return {f"accuracy_{f}": acc.get(f) for f in families}
 
 
 def _metric_cols(meta: dict) -> dict:
@@ -201,18 +297,44 @@ def _metric_cols(meta: dict) -> dict:
 def write_table(rows: list[dict], out: Path, task: str, recipe_name: str, seeds: int) -> list[Path]:
     """Aggregate per-seed rows into the paper-style table (CSV and markdown)."""
     models: dict[str, list[dict]] = {}
+    fam_keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("accuracy_")))
     for r in rows:
         models.setdefault(r["model"], []).append(r)
+    means = {
+        m: statistics.fmean(v)
+        if (v := [float(r["accuracy"]) for r in rs if r.get("accuracy") is not None])
+        else None
+        for m, rs in models.items()
+    }
+    teacher = next((means[m] for m in models if m.startswith("teacher")), None)
+    plain = next((means[m] for m in models if "no distillation" in m), None)
+
+    def gap_closed(model: str) -> str:
+        """(row - plain student) / (teacher - plain student) on the means: the share of the gap a row closes."""
+        if model.startswith("teacher") or "no distillation" in model:
+            return ""
+        if teacher is None or plain is None or means[model] is None:
+            return "n/a"
+        if teacher - plain <= 0:
+            return "n/a (no gap)"
+        return f"{100.0 * (means[model] - plain) / (teacher - plain):.0f}%"
+
     table = []
     for model, rs in models.items():
         acc = [float(r["accuracy"]) for r in rs if r.get("accuracy") is not None]
         con = [float(r["consistency"]) for r in rs if r.get("consistency") is not None]
         sp = [float(r["speedup"]) for r in rs if r.get("speedup") not in (None, "")]
+        fam_cols = {
+            k.removeprefix("accuracy_"): _fmt([float(r[k]) for r in rs if r.get(k) not in (None, "")])
+            for k in fam_keys
+        }
         table.append(
             {
                 "model": model,
                 "accuracy": _fmt(acc),
+                **fam_cols,
                 "consistency": _fmt(con) if task == "nlvr2" else "",
+                "teacher gap closed": gap_closed(model),
                 "speedup (cached)": "1.0 (baseline)"
                 if model.startswith("teacher")
                 else (f"{statistics.median(sp):.2f}x" if sp else "n/a"),
@@ -229,8 +351,15 @@ def write_table(rows: list[dict], out: Path, task: str, recipe_name: str, seeds:
     lines = [
         f"# DiDE ablation on the synthetic {task} world ({recipe_name} recipe, {seeds} seed(s))",
         "",
-        "Accuracy in percent on the eval split, mean ± std over seeds. Speedup: teacher time / student time "
-        "with cached image features (median of interleaved runs).",
+        "Accuracy in percent on the eval split, mean ± std over seeds"
+        + (
+            f"; then on each statement family ({', '.join(k.removeprefix('accuracy_') for k in fam_keys)})"
+            if fam_keys
+            else ""
+        )
+        + ". Teacher gap closed: (student - student without distillation) / (teacher - student without "
+        "distillation), on the means. Speedup: teacher time / student time with cached image features (median "
+        "of interleaved runs).",
         "",
         "| " + " | ".join(cols) + " |",
         "| " + " | ".join("---" for _ in cols) + " |",

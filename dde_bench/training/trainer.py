@@ -416,32 +416,45 @@ def lr_lambda(total: int, warmup_ratio: float):
 
 
 @torch.no_grad()
-def evaluate(model: Teacher | Student, dataset, device: torch.device, batch_size: int = 64, amp=None) -> dict:
-    """The task's official metric on ``dataset``: NLVR2 accuracy + consistency, SNLI-VE accuracy, VQA accuracy
-    (leave-one-out over the 10 answers). Values in percent."""
-    from dde_bench.metrics import accuracy, nlvr2_metrics, vqa_accuracy
-
+def predict(
+    model: Teacher | Student, dataset, device: torch.device, batch_size: int = 64, amp=None
+) -> list[int]:
+    """The predicted class (answer index for VQA) of every example of ``dataset``, in order."""
     was_training = model.training
     model.eval()
     preds: list[int] = []
-    ids: list[str] = []
     for batch in dataset.batches(batch_size):
         b = to_device(batch, device)
         with amp() if amp else nullcontext():
             logits = model(b["input_ids"], b["attention_mask"], b["pixel_values"], b.get("pixel_mask"))
         preds += logits.float().argmax(-1).tolist()
-        ids += batch["ids"]
     model.train(was_training)
+    return preds
+
+
+def example_scores(dataset, preds: list[int]) -> list[float]:
+    """Per-example score in [0, 1]: VQA's leave-one-out accuracy of the answer, else 1 if the class is right."""
+    from dde_bench.metrics import vqa_accuracy
+
+    if dataset.task == "vqa":
+        vocab = dataset.answer_vocab
+        return [vqa_accuracy(vocab[p], e.answers or []) for p, e in zip(preds, dataset.examples, strict=True)]
+    return [float(p == e.label) for p, e in zip(preds, dataset.examples, strict=True)]
+
+
+def evaluate(model: Teacher | Student, dataset, device: torch.device, batch_size: int = 64, amp=None) -> dict:
+    """The task's official metric on ``dataset``: NLVR2 accuracy + consistency, SNLI-VE accuracy, VQA accuracy
+    (leave-one-out over the 10 answers). Values in percent."""
+    from dde_bench.metrics import accuracy, nlvr2_metrics
+
+    preds = predict(model, dataset, device, batch_size, amp)
     task = dataset.task
     if task == "vqa":
-        vocab = dataset.answer_vocab
-        scores = [
-            vqa_accuracy(vocab[p], e.answers or []) for p, e in zip(preds, dataset.examples, strict=True)
-        ]
+        scores = example_scores(dataset, preds)
         return {"accuracy": 100.0 * sum(scores) / max(len(scores), 1)}
     labels = [e.label for e in dataset.examples]
     if task == "nlvr2":
-        m = nlvr2_metrics(ids, preds, labels)
+        m = nlvr2_metrics([e.id for e in dataset.examples], preds, labels)
         return {k: 100.0 * v for k, v in m.items()}
     return {"accuracy": 100.0 * accuracy(preds, labels)}
 
