@@ -261,6 +261,7 @@ def read_curve(checkpoint: Path) -> list[tuple[int, float]]:
 
 def write_curves(rows: list[dict], out: Path, title: str) -> list[Path]:
     """``curves.csv`` (one line per model, seed and evaluation) and ``curves.png`` from the rows' checkpoints."""
+    import matplotlib.pyplot as plt
     import pandas as pd
 
     from dde_bench.report.plots import plot_learning_curves
@@ -276,8 +277,6 @@ def write_curves(rows: list[dict], out: Path, title: str) -> list[Path]:
     png = out / "curves.png"
     fig = plot_learning_curves(df, title)
     fig.savefig(png, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
     return [csv_path, png]
 

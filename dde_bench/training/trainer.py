@@ -204,6 +204,7 @@ def load_task_data(
             model_cfg.max_text_len,
             num_answers=len(answer_vocab) if answer_vocab else None,
         )
+        out[split].answer_vocab = answer_vocab  # VQA: index -> answer string, for the official metric
     return data_dir, tok, out, answer_vocab
 
 
@@ -619,7 +620,6 @@ def _train(cfg: TrainConfig) -> Path:
             progress=cfg.progress and d.main,
         )
         train_set, eval_set = sets[TRAIN_SPLIT[task]], sets[eval_split]
-        eval_set.answer_vocab = answer_vocab
         num_labels = len(answer_vocab) if answer_vocab else None
     else:
         from dde_bench.data import ensure_data
