@@ -613,7 +613,7 @@ def plot_learning_curves(curves: pd.DataFrame, title: str) -> Figure:
     ax.set_xlabel("student fine-tuning steps")
     ax.set_ylabel("eval accuracy (%)")
     ax.set_title("students (towers from the fine-tuned teacher)")
-    ax.legend(fontsize=7.5, loc="lower right")
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax_t.set_xlabel("teacher fine-tuning steps")
     ax_t.set_title("teacher")
     ax_t.legend(fontsize=7.5, loc="lower right")
