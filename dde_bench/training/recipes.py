@@ -118,7 +118,7 @@ MEDIUM_LONG = replace(MEDIUM, name="medium-long", student_steps=600)
 # So: the medium recipe with 3000 teacher and 1000 student fine-tuning steps (a third of the teacher's).
 RICH = replace(MEDIUM, name="rich", teacher_steps=3000, student_steps=1000)
 # The rich recipe with the students given the teacher's whole fine-tuning budget (3000 steps): is the gap at
-# 1000 steps one of training length (as on snli-ve-hard) or does it stay? (reports/reproduce/snli-ve-rich-equal/)
+# 1000 steps one of training length (as on snli-ve-hard) or does it stay? (reports/reproduce/*-rich-equal/)
 RICH_EQUAL = replace(RICH, name="rich-equal", student_steps=3000)
 RECIPES = {
     "quick": QUICK,
