@@ -44,6 +44,12 @@ def synth_settings(suite_card: dict) -> dict:
     }
 
 
+def is_synthetic(suite_card: dict) -> bool:
+    """Whether a suite's data is the generated synthetic world (not a ``data.source: dir`` / ``data_dir`` folder)."""
+    data = suite_card.get("data") or {}
+    return not (data.get("data_dir") or data.get("source", "synthetic") == "dir")
+
+
 def synth_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -61,7 +67,7 @@ def ensure_data(suite_card: dict, cache_root: Path, progress: bool = False) -> P
     if task not in SPLITS:
         raise UserError(f"suite {suite_card.get('name')!r}: unknown task {task!r}")
     source = data.get("source", "synthetic")
-    if data.get("data_dir") or source == "dir":
+    if not is_synthetic(suite_card):
         if not data.get("data_dir"):
             raise UserError(
                 f"suite {suite_card.get('name')!r}: data.source is 'dir' but data.data_dir is not set"

@@ -111,11 +111,9 @@ FULL = Recipe(
 # does a longer student budget let distillation close more of the teacher gap on snli-ve-hard?
 # (reports/reproduce/snli-ve-hard-long/, teachers reused from reports/reproduce/snli-ve-hard/)
 MEDIUM_LONG = replace(MEDIUM, name="medium-long", student_steps=600)
-# For the rich worlds (suites/*-rich.yaml: nine object types, existence + spatial). Pilot on snli-ve-rich (one seed,
-# 500 dev examples, teacher evaluated every 250 steps): the teacher fine-tuned for 1000 steps is at 73% and a
-# 1000-step student without distillation catches up with it (72%); fine-tuned for 3000 steps it reaches 84% at
-# ~2000 and stays there, and then the 1000-step students sit below it (no distillation 80%, soft + attention 83%).
-# So: the medium recipe with 3000 teacher and 1000 student fine-tuning steps (a third of the teacher's).
+# For the rich worlds (suites/*-rich.yaml: nine object types, existence + spatial), where the tiny teacher needs
+# ~2000-2500 fine-tuning steps to plateau (curves.png in reports/reproduce/*-rich/): the medium recipe with 3000
+# teacher steps and 1000 student steps (a third of the teacher's). Results: reports/reproduce/*-rich/README.md.
 RICH = replace(MEDIUM, name="rich", teacher_steps=3000, student_steps=1000)
 # The rich recipe with the students given the teacher's whole fine-tuning budget (3000 steps): is the gap at
 # 1000 steps one of training length (as on snli-ve-hard) or does it stay? (reports/reproduce/*-rich-equal/)
@@ -322,11 +320,10 @@ def _key(*parts) -> str:
 
 
 def _data_key(suite: dict) -> dict:
-    from dde_bench.data.cache import synth_settings
+    from dde_bench.data.cache import is_synthetic, synth_settings
 
-    data = suite.get("data") or {}
-    if data.get("data_dir") or data.get("source") == "dir":
-        return {"data_dir": str(data.get("data_dir"))}
+    if not is_synthetic(suite):
+        return {"data_dir": str((suite.get("data") or {}).get("data_dir"))}
     return synth_settings(suite)
 
 

@@ -89,13 +89,13 @@ def measure_speedup(
 
 def suite_families(suite: dict) -> list[str]:
     """The statement families of a synthetic suite's world (empty for a suite on a real data folder)."""
+    from dde_bench.data.cache import is_synthetic, synth_settings
     from dde_bench.data.synth import TASK_FAMILIES
 
-    data = suite.get("data") or {}
-    if data.get("source", "synthetic") != "synthetic" or data.get("data_dir"):
+    if not is_synthetic(suite):
         return []
-    task = str(suite.get("task", suite.get("name")))
-    return list((data.get("synth") or {}).get("families") or TASK_FAMILIES.get(task, ()))
+    settings = synth_settings(suite)
+    return settings["families"] or list(TASK_FAMILIES[settings["task"]])
 
 
 def family_accuracy(checkpoint: Path, suite: dict, cache_root: Path, device: str) -> dict[str, float]:
@@ -299,12 +299,10 @@ def write_table(rows: list[dict], out: Path, task: str, recipe_name: str, seeds:
     fam_keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("accuracy_")))
     for r in rows:
         models.setdefault(r["model"], []).append(r)
-    means = {
-        m: statistics.fmean(v)
-        if (v := [float(r["accuracy"]) for r in rs if r.get("accuracy") is not None])
-        else None
-        for m, rs in models.items()
+    accs = {
+        m: [float(r["accuracy"]) for r in rs if r.get("accuracy") is not None] for m, rs in models.items()
     }
+    means = {m: statistics.fmean(v) if v else None for m, v in accs.items()}
     teacher = next((means[m] for m in models if m.startswith("teacher")), None)
     plain = next((means[m] for m in models if "no distillation" in m), None)
 
@@ -320,7 +318,6 @@ def write_table(rows: list[dict], out: Path, task: str, recipe_name: str, seeds:
 
     table = []
     for model, rs in models.items():
-        acc = [float(r["accuracy"]) for r in rs if r.get("accuracy") is not None]
         con = [float(r["consistency"]) for r in rs if r.get("consistency") is not None]
         sp = [float(r["speedup"]) for r in rs if r.get("speedup") not in (None, "")]
         fam_cols = {
@@ -330,7 +327,7 @@ def write_table(rows: list[dict], out: Path, task: str, recipe_name: str, seeds:
         table.append(
             {
                 "model": model,
-                "accuracy": _fmt(acc),
+                "accuracy": _fmt(accs[model]),
                 **fam_cols,
                 "consistency": _fmt(con) if task == "nlvr2" else "",
                 "teacher gap closed": gap_closed(model),
