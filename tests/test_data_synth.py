@@ -1,7 +1,7 @@
 """Synthetic world: determinism, readability by the real readers, pairing and balance; batching; cache."""
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 import torch
@@ -184,11 +184,12 @@ def test_family_of_recovers_every_family_from_the_text():
         _snli_hypothesis,
         _vqa_question,
         family_of,
+        known_families,
     )
 
-    for task, families in TASK_FAMILIES.items():
+    for task in TASK_FAMILIES:
         w = World(WorldSettings(task=task), random.Random(1))
-        for family in families:
+        for family in known_families(task):
             for j in range(40):
                 if task == "nlvr2":
                     text = _nlvr2_statement(w, family)[0]
@@ -198,3 +199,36 @@ def test_family_of_recovers_every_family_from_the_text():
                     text = _snli_hypothesis(w, family, ("entailment", "neutral", "contradiction")[j % 3])[0]
                 assert family_of(text) == family, (task, family, text)
     assert family_of("a photo of a dog") is None
+
+
+def test_vqa_region_answers_follow_the_scene(tmp_path):
+    """The optional VQA region family: "yes" exactly when an object of the named colour and shape lies in the named
+    half of the grid; negatives alternate between the type only in the other half and colour and shape present in
+    the half on different objects; it stays out of the default mix, and an unknown family is one clear error."""
+    import random
+
+    from dde_bench.data.synth import TASK_FAMILIES, World, WorldSettings, _vqa_question, synthesize
+    from dde_bench.errors import UserError
+
+    w = World(WorldSettings(task="vqa", families=("region",)), random.Random(3))
+    kinds = Counter()
+    for j in range(200):
+        q, ans, _, _, scene, near = _vqa_question(w, "region", j)
+        words = q.rstrip("?").split(" ")  # is there a <col> <sh> in the <half> half
+        col, sh, half = words[3], words[4], words[7]
+        here = [o for o in scene.objects if w.in_region(o[:2], half)]
+        anywhere = [o for o in scene.objects if o[2:] == (col, sh)]
+        assert ans == ("yes" if any(o[2:] == (col, sh) for o in here) else "no"), (q, scene)
+        assert near == ["no" if ans == "yes" else "yes"]
+        if ans == "no":
+            kind = "elsewhere" if anywhere else "split"
+            if kind == "split":
+                assert any(o[2] == col for o in here) and any(o[3] == sh for o in here), (q, scene)
+            kinds[kind] += 1
+        kinds[ans] += 1
+    assert kinds["yes"] == kinds["no"] == 100 and kinds["elsewhere"] == kinds["split"] == 50
+    assert "region" not in TASK_FAMILIES["vqa"]
+    stats = synthesize("vqa", tmp_path / "v", sizes={"train": 8, "val": 4}, families=["exist", "region"])
+    assert stats["splits"]["train2014"]["families"] == {"exist": 4, "region": 4}
+    with pytest.raises(UserError, match="unknown nlvr2 families: region"):
+        synthesize("nlvr2", tmp_path / "n", sizes={"train": 4}, families=["region"])

@@ -22,6 +22,7 @@ _EXPORTS = {
     "check_images": "readers",
     "load_split": "readers",
     "TASK_FAMILIES": "synth",
+    "known_families": "synth",
     "synthesize": "synth",
     "encode": "tokenize",
     "load_tokenizer": "tokenize",

@@ -23,6 +23,10 @@ Families (``families`` setting; default: all of the task's families)
 * ``compare`` (NLVR2 only): the left image has more X than the right one (negatives: fewer or equal).
 * ``attribute`` (VQA only): "what color is the circle?" / "what shape is the red object?" (the target is unique,
   other objects of other shapes/colours are distractors).
+* ``region`` (VQA only, not in the default mix): "is there a red circle in the left half?" (half: left, right,
+  top, bottom of the grid). Negatives alternate between the type present only in the other half and the colour
+  and shape present in the half but not together. The answer depends on a (type, place) conjunction, so a pooled
+  image vector must carry where each type is, not just whether it is there.
 
 Tasks
 -----
@@ -78,6 +82,10 @@ TASK_FAMILIES = {
     "vqa": ("exist", "count", "attribute", "spatial"),
     "snli-ve": ("exist", "count", "spatial"),
 }
+# Families a suite can name but that are not in a task's default mix (adding them there would change the bytes,
+# and so the results, of every suite that relies on the default).
+OPTIONAL_FAMILIES = {"vqa": ("region",)}
+REGIONS = ("left", "right", "top", "bottom")
 DEFAULT_SIZES = {
     "nlvr2": {"train": 6000, "dev": 1000, "test1": 1000},
     "vqa": {"train2014": 6000, "val2014": 1000},
@@ -204,6 +212,28 @@ class World:
         placed = [(*pa, *a), (*pb, *b)]
         return self.scene(placed=placed, forbid=lambda c, s: (c, s) in (a, b), **kw)
 
+    # region --------------------------------------------------------------
+    def in_region(self, cell: tuple[int, int], region: str) -> bool:
+        r, c = cell
+        half = self.s.grid // 2
+        return {"left": c < half, "right": c >= half, "top": r < half, "bottom": r >= half}[region]
+
+    def region_scene(self, col: str, sh: str, region: str, truth: bool, k: int = 0) -> Scene:
+        """One ``col sh`` in ``region`` (truth); else, alternating with ``k``: one ``col sh`` in the other half
+        only, or the colour and the shape in ``region`` on different objects and no ``col sh`` anywhere."""
+        rng = self.rng
+        inside = [cell for cell in self.cells if self.in_region(cell, region)]
+        outside = [cell for cell in self.cells if not self.in_region(cell, region)]
+        not_type = lambda c, s: (c, s) == (col, sh)  # noqa: E731
+        if truth:
+            placed = [(*rng.choice(inside), col, sh)]
+        elif k % 2 == 0:
+            placed = [(*rng.choice(outside), col, sh)]
+        else:
+            a, b = rng.sample(inside, 2)
+            placed = [(*a, col, self.other(self.s.shapes, sh)), (*b, self.other(self.s.colors, col), sh)]
+        return self.scene(placed=placed, forbid=not_type)
+
     # rendering -------------------------------------------------------------
     def render(self, scene: Scene) -> Image.Image:
         s = self.s
@@ -235,6 +265,11 @@ def _shape_masks(cell: int) -> dict[str, np.ndarray]:
         & (np.abs(xx - cx) <= half)
         & (np.abs(yy - cy) <= half),
     }
+
+
+def known_families(task: str) -> tuple[str, ...]:
+    """Every family a suite of ``task`` may name: the default mix, then the optional ones."""
+    return TASK_FAMILIES[task] + OPTIONAL_FAMILIES.get(task, ())
 
 
 def matches(q: tuple[str | None, str | None], col: str, sh: str) -> bool:
@@ -333,6 +368,8 @@ def family_of(text: str) -> str | None:
     """The statement family of a task text this generator wrote (exist, count, spatial, compare, attribute), from
     its wording; None for a text it would not write. Used to break accuracy down by family."""
     t = text.strip().lower()
+    if t.startswith("is there a ") and t.rstrip("?").endswith(tuple(f" in the {r} half" for r in REGIONS)):
+        return "region"
     if any(f" {rel} " in f" {t.rstrip('?')} " for rel in RELATIONS):
         return "spatial"
     if " exactly " in t or " at least " in t or t.startswith("how many "):
@@ -499,7 +536,21 @@ def _vqa_question(w: World, family: str, j: int) -> tuple[str, str, str, str, Sc
         ans = "yes" if truth else "no"
         q = f"is the {a[0]} {a[1]} {rel} the {b[0]} {b[1]}?"
         return q, ans, "is the", "yes/no", w.spatial_scene(a, rel, b, truth), ["no" if truth else "yes"]
-    raise UserError(f"unknown vqa family {family!r}; known: {', '.join(TASK_FAMILIES['vqa'])}")
+    if family == "region":
+        col, sh = rng.choice(w.types)
+        region = REGIONS[(j // 2) % len(REGIONS)]
+        truth = j % 2 == 0
+        ans = "yes" if truth else "no"
+        q = f"is there a {col} {sh} in the {region} half?"
+        return (
+            q,
+            ans,
+            "is there a",
+            "yes/no",
+            w.region_scene(col, sh, region, truth, j // 2),
+            ["no" if truth else "yes"],
+        )
+    raise UserError(f"unknown vqa family {family!r}; known: {', '.join(known_families('vqa'))}")
 
 
 SNLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -587,9 +638,11 @@ def synthesize(
     """
     sizes = normalize_sizes(task, sizes)
     fams = tuple(families) if families else TASK_FAMILIES[task]
-    bad = [f for f in fams if f not in TASK_FAMILIES[task]]
+    bad = [f for f in fams if f not in known_families(task)]
     if bad:
-        raise UserError(f"unknown {task} families: {', '.join(bad)}; known: {', '.join(TASK_FAMILIES[task])}")
+        raise UserError(
+            f"unknown {task} families: {', '.join(bad)}; known: {', '.join(known_families(task))}"
+        )
     for key in ("colors", "shapes", "objects"):
         if key in world:
             world[key] = tuple(world[key])  # type: ignore[arg-type]
