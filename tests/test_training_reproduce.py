@@ -102,7 +102,7 @@ def test_family_accuracy_adds_up_to_the_official_metric(tmp_path, task):
     from dde_bench.modeling.checkpoint import save_model
     from dde_bench.modeling.config import size_config
     from dde_bench.modeling.models import Teacher
-    from dde_bench.training.reproduce import family_accuracy
+    from dde_bench.training.reproduce import EvalSplit, family_accuracy
     from dde_bench.training.trainer import evaluate, load_task_data
 
     splits = {"vqa": {"train2014": 24, "val2014": 24}, "snli-ve": {"train": 24, "dev": 24, "test": 3}}[task]
@@ -118,7 +118,9 @@ def test_family_accuracy_adds_up_to_the_official_metric(tmp_path, task):
     torch.manual_seed(0)
     model = Teacher(cfg, task, num_labels=len(vocab) if vocab else None).eval()
     save_model(model, tmp_path / "ckpt")
-    fam = family_accuracy(tmp_path / "ckpt", suite, tmp_path / "cache", "cpu")
+    split_once = EvalSplit(suite, tmp_path / "cache")
+    fam = family_accuracy(tmp_path / "ckpt", split_once, "cpu")
+    assert split_once.get(cfg) is split_once.get(cfg)  # loaded once, shared by every row
     assert set(fam) == {"exist", "spatial"}
     data = sets[eval_split]
     counts = {f: sum(family_of(e.text) == f for e in data.examples) for f in fam}

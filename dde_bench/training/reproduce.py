@@ -39,11 +39,29 @@ VARIANTS: list[tuple[str, LossWeights, bool]] = [
 SLUGS = ["nodistill", "soft", "attention", "soft-attention", "soft-attention-pretrain"]
 
 
+class EvalSplit:
+    """A suite's eval split as a ``TaskDataset``, loaded once per model geometry (text length, image and patch
+    size) and shared by every row's per-family scoring and speedup measurement."""
+
+    def __init__(self, suite: dict, cache_root: Path):
+        self.suite, self.cache_root = suite, Path(cache_root)
+        self.split = suite.get("eval_split", "dev")
+        self._sets: dict[tuple, object] = {}
+
+    def get(self, cfg):
+        from dde_bench.training.trainer import load_task_data
+
+        key = (cfg.max_text_len, cfg.image_size, cfg.patch_size)
+        if key not in self._sets:
+            _, _, sets, _ = load_task_data(self.suite, self.cache_root, cfg, (self.split,))
+            self._sets[key] = sets[self.split]
+        return self._sets[key]
+
+
 def measure_speedup(
     teacher_dir: Path,
     student_dir: Path,
-    suite: dict,
-    cache_root: Path,
+    eval_split: EvalSplit,
     device: str,
     batch_size: int = 32,
     min_time_s: float = 2.0,
@@ -53,14 +71,13 @@ def measure_speedup(
     from dde_bench.bench.timing import measure_interleaved
     from dde_bench.env import resolve_device
     from dde_bench.modeling.checkpoint import load_student, load_teacher
-    from dde_bench.training.trainer import load_task_data, to_device
+    from dde_bench.training.trainer import to_device
 
     dev = resolve_device(device)
     teacher = load_teacher(teacher_dir).to(dev).eval()
     student = load_student(student_dir).to(dev).eval()
-    split = suite.get("eval_split", "dev")
-    _, _, sets, _ = load_task_data(suite, cache_root, teacher.config, (split,), (batch_size,))
-    b = to_device(sets[split].batch(list(range(min(batch_size, len(sets[split]))))), dev)
+    data = eval_split.get(teacher.config)
+    b = to_device(data.batch(list(range(min(batch_size, len(data))))), dev)
     n = b["input_ids"].shape[0]
     with torch.inference_mode():
         feats = student.encode_images(b["pixel_values"], b.get("pixel_mask"))
@@ -98,19 +115,17 @@ def suite_families(suite: dict) -> list[str]:
     return settings["families"] or list(TASK_FAMILIES[settings["task"]])
 
 
-def family_accuracy(checkpoint: Path, suite: dict, cache_root: Path, device: str) -> dict[str, float]:
+def family_accuracy(checkpoint: Path, eval_split: EvalSplit, device: str) -> dict[str, float]:
     """Eval accuracy (percent, the task's per-example score) of a checkpoint on each statement family of a
     synthetic suite, the family read from each text by ``synth.family_of``; {} if some text has none."""
     from dde_bench.data.synth import family_of
     from dde_bench.env import resolve_device
     from dde_bench.modeling.checkpoint import load_model
-    from dde_bench.training.trainer import example_scores, load_task_data, predict
+    from dde_bench.training.trainer import example_scores, predict
 
     dev = resolve_device(device)
     model = load_model(checkpoint).to(dev).eval()
-    split = suite.get("eval_split", "dev")
-    _, _, sets, _ = load_task_data(suite, cache_root, model.config, (split,))
-    data = sets[split]
+    data = eval_split.get(model.config)
     fams = [family_of(e.text) for e in data.examples]
     if None in fams:
         return {}
@@ -173,6 +188,7 @@ def run_reproduce(
         "checkpoint",
     ]
     families = suite_families(suite)
+    eval_split = EvalSplit(suite, cache_root)
     fields[4:4] = [f"accuracy_{f}" for f in families]
     with open(results_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -203,7 +219,7 @@ def run_reproduce(
                     "model": "teacher (fusion encoder)",
                     "seed": seed,
                     **_metric_cols(tm),
-                    **_family_cols(families, t_dir, suite, cache_root, device),
+                    **_family_cols(families, t_dir, eval_split, device),
                     "speedup": 1.0,
                     "train_seconds": tm.get("train_seconds", round(time.time() - t0, 1)),
                     "checkpoint": str(t_dir),
@@ -228,13 +244,13 @@ def run_reproduce(
                         progress=progress,
                     )
                 sm = json.loads((s_dir / "config.json").read_text())["meta"]
-                sp = measure_speedup(t_dir, s_dir, suite, cache_root, device)
+                sp = measure_speedup(t_dir, s_dir, eval_split, device)
                 record(
                     {
                         "model": label,
                         "seed": seed,
                         **_metric_cols(sm),
-                        **_family_cols(families, s_dir, suite, cache_root, device),
+                        **_family_cols(families, s_dir, eval_split, device),
                         **sp,
                         "train_seconds": sm.get("train_seconds"),
                         "checkpoint": str(s_dir),
@@ -281,10 +297,10 @@ def write_curves(rows: list[dict], out: Path, title: str) -> list[Path]:
     return [csv_path, png]
 
 
-def _family_cols(families: list[str], ckpt: Path, suite: dict, cache_root: Path, device: str) -> dict:
+def _family_cols(families: list[str], ckpt: Path, eval_split: EvalSplit, device: str) -> dict:
     if not families:
         return {}
-    acc = family_accuracy(ckpt, suite, cache_root, device)
+    acc = family_accuracy(ckpt, eval_split, device)
     return {f"accuracy_{f}": acc.get(f) for f in families}
 
 
