@@ -26,7 +26,9 @@ Families (``families`` setting; default: all of the task's families)
 * ``region`` (VQA only, not in the default mix): "is there a red circle in the left half?" (half: left, right,
   top, bottom of the grid). Negatives alternate between the type present only in the other half and the colour
   and shape present in the half but not together. The answer depends on a (type, place) conjunction, so a pooled
-  image vector must carry where each type is, not just whether it is there.
+  image vector must carry where each type is, not just whether it is there. A one-seed pilot (rich recipe,
+  5 colours x 4 shapes, 4-8 objects, exist + region) did not separate the models: the tiny teacher reached only
+  81.2 (79.9 on region), a plain dual encoder 80.9. ``suites/vqa-crowded.yaml`` (exist + attribute) does.
 
 Tasks
 -----
