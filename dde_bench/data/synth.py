@@ -367,8 +367,8 @@ def format_caption(groups: dict[tuple[str, str], int], rel: tuple | None) -> str
 
 
 def family_of(text: str) -> str | None:
-    """The statement family of a task text this generator wrote (exist, count, spatial, compare, attribute), from
-    its wording; None for a text it would not write. Used to break accuracy down by family."""
+    """The statement family of a task text this generator wrote (exist, count, spatial, compare, attribute, region),
+    from its wording; None for a text it would not write. Used to break accuracy down by family."""
     t = text.strip().lower()
     if t.startswith("is there a ") and t.rstrip("?").endswith(tuple(f" in the {r} half" for r in REGIONS)):
         return "region"
