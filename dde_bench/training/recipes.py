@@ -113,10 +113,11 @@ FULL = Recipe(
 MEDIUM_LONG = replace(MEDIUM, name="medium-long", student_steps=600)
 # For the rich worlds (suites/*-rich.yaml: nine object types, existence + spatial), where the tiny teacher needs
 # ~2000-2500 fine-tuning steps to plateau (curves.png in reports/reproduce/*-rich/): the medium recipe with 3000
-# teacher steps and 1000 student steps (a third of the teacher's). Results: reports/reproduce/*-rich/README.md.
+# teacher steps and 1000 student steps (a third of the teacher's). Results: reports/reproduce/*-rich/README.md and
+# reports/reproduce/vqa-crowded/README.md.
 RICH = replace(MEDIUM, name="rich", teacher_steps=3000, student_steps=1000)
 # The rich recipe with the students given the teacher's whole fine-tuning budget (3000 steps): is the gap at
-# 1000 steps one of training length (as on snli-ve-hard) or does it stay? (reports/reproduce/*-rich-equal/)
+# 1000 steps one of training length (as on snli-ve-hard) or does it stay? (reports/reproduce/*-equal/)
 RICH_EQUAL = replace(RICH, name="rich-equal", student_steps=3000)
 RECIPES = {
     "quick": QUICK,
