@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,11 +74,16 @@ def test_vqa_targets_and_batches(tmp_path):
     exs = load_split("vqa", tmp_path, "val2014", answer_vocab=vocab)
     assert all(e.target and max(e.target.values()) == 1.0 for e in exs)  # >= 6 of 10 agree
     tok = load_tokenizer(tmp_path)
-    ds = TaskDataset("vqa", exs, tok, ImageProcessor(64, 64, 16), max_len=24, num_answers=len(vocab))
+    ds = TaskDataset("vqa", exs, tok, ImageProcessor(64, 64, 16), max_len=24, answer_vocab=vocab)
     b = next(ds.batches(4, shuffle=True, seed=1))
     assert b["pixel_values"].shape == (4, 3, 64, 64) and b["pixel_values"].dtype == torch.float32
     assert b["pixel_mask"].dtype == torch.long and bool(b["pixel_mask"].all())
     assert b["targets"].shape == (4, len(vocab))
+    assert ds.answer_vocab == vocab and ds.num_answers == len(
+        vocab
+    )  # the metric maps indices back to answers
+    with pytest.raises(ValueError, match="answer vocabulary"):
+        TaskDataset("vqa", exs, tok, ImageProcessor(64, 64, 16), max_len=24)
     assert b["input_ids"].shape[1] <= 24 and b["input_ids"][:, 0].eq(tok.cls_token_id).all()
     assert next(ds.batches(4, shuffle=True, seed=1))["ids"] == b["ids"]
 
@@ -257,3 +263,18 @@ def test_every_shipped_suite_world_generates(tmp_path, name):
     assert {split: v["n"] for split, v in stats["splits"].items()} == {split: 6 for split in s["sizes"]}
     if s["families"]:
         assert set(stats["splits"][next(iter(s["sizes"]))]["families"]) <= set(s["families"])
+
+
+def test_suite_eval_split_defaults_per_task():
+    """One rule for every caller (training, reproduce, the run harness): the suite's eval_split, else the task's
+    dev split (VQA: val2014, which a plain "dev" default got wrong)."""
+    from dde_bench.data.cache import suite_eval_split
+    from dde_bench.errors import UserError
+    from dde_bench.training.reproduce import EvalSplit
+
+    assert suite_eval_split({"task": "vqa"}) == "val2014"
+    assert suite_eval_split({"task": "nlvr2"}) == "dev" and suite_eval_split({"task": "snli-ve"}) == "dev"
+    assert suite_eval_split({"task": "nlvr2", "eval_split": "test1"}) == "test1"
+    assert EvalSplit({"name": "v", "task": "vqa"}, Path("unused")).split == "val2014"
+    with pytest.raises(UserError, match="unknown task"):
+        suite_eval_split({"name": "x", "task": "gqa"})

@@ -134,7 +134,7 @@ class Suite:
     """The suite's data: evaluation examples, tokenizer and image processor, batched on demand."""
 
     def __init__(self, card: dict, cfg: RunConfig, console: Console):
-        from dde_bench.data import SPLITS, TaskDataset, ensure_data, load_split, load_tokenizer
+        from dde_bench.data import TaskDataset, ensure_data, load_split, load_tokenizer, suite_eval_split
         from dde_bench.data.images import ImageProcessor
 
         self.card = card
@@ -143,7 +143,7 @@ class Suite:
             f"[bold]data[/]: preparing {card['name']} ({(card.get('data') or {}).get('source', 'synthetic')})"
         )
         self.data_dir = ensure_data(card, Path(cfg.cache_root), progress=True)
-        split = card.get("eval_split") or SPLITS[self.task][1]
+        split = suite_eval_split(card)
         vocab = self.data_dir / "vocab.txt"
         if not vocab.exists():
             raise UserError(
@@ -170,7 +170,7 @@ class Suite:
             self.tokenizer,
             self.processor,
             max_len=tiny.max_text_len,
-            num_answers=len(self.answer_vocab) if self.answer_vocab else None,
+            answer_vocab=self.answer_vocab,
         )
 
     @property

@@ -11,6 +11,7 @@ import importlib
 _EXPORTS = {
     "TaskDataset": "batching",
     "ensure_data": "cache",
+    "suite_eval_split": "cache",
     "ImageProcessor": "images",
     "NLVR2_LABELS": "readers",
     "SNLI_VE_LABELS": "readers",

@@ -31,16 +31,19 @@ class TaskDataset:
         tokenizer,
         image_processor: ImageProcessor,
         max_len: int,
-        num_answers: int | None = None,
+        answer_vocab: Sequence[str] | None = None,
         cache_images: bool = True,
     ):
         self.task = check_task(task)
         self.examples = list(examples)
         self.processor = image_processor
         self.n_images = 2 if task == "nlvr2" else 1
-        if task == "vqa" and num_answers is None:
-            raise ValueError("VQA batches need num_answers (the size of the answer vocabulary)")
-        self.num_answers = num_answers
+        if task == "vqa" and not answer_vocab:
+            raise ValueError(
+                "VQA batches need the answer vocabulary (index -> answer, for targets and the metric)"
+            )
+        self.answer_vocab = list(answer_vocab) if answer_vocab is not None else None
+        self.num_answers = len(self.answer_vocab) if self.answer_vocab is not None else None
         enc = tokenizer(
             [e.text for e in self.examples],
             padding="max_length",
@@ -56,7 +59,7 @@ class TaskDataset:
             labels = [-100 if e.label is None else e.label for e in self.examples]
             self.labels = torch.tensor(labels, dtype=torch.long)
         if task == "vqa":
-            self.targets = torch.zeros(len(self.examples), num_answers or 0, dtype=torch.float32)
+            self.targets = torch.zeros(len(self.examples), self.num_answers, dtype=torch.float32)
             for i, e in enumerate(self.examples):
                 for k, v in (e.target or {}).items():
                     self.targets[i, k] = v

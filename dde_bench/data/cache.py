@@ -44,6 +44,14 @@ def synth_settings(suite_card: dict) -> dict:
     }
 
 
+def suite_eval_split(suite_card: dict) -> str:
+    """The split a suite evaluates on: its ``eval_split``, else the task's second split (dev / val2014)."""
+    task = suite_card.get("task", suite_card.get("name"))
+    if task not in SPLITS:
+        raise UserError(f"suite {suite_card.get('name')!r}: unknown task {task!r}")
+    return str(suite_card.get("eval_split") or SPLITS[task][1])
+
+
 def is_synthetic(suite_card: dict) -> bool:
     """Whether a suite's data is the generated synthetic world (not a ``data.source: dir`` / ``data_dir`` folder)."""
     data = suite_card.get("data") or {}

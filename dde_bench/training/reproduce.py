@@ -45,7 +45,9 @@ class EvalSplit:
 
     def __init__(self, suite: dict, cache_root: Path):
         self.suite, self.cache_root = suite, Path(cache_root)
-        self.split = suite.get("eval_split", "dev")
+        from dde_bench.data import suite_eval_split
+
+        self.split = suite_eval_split(suite)
         self._sets: dict[tuple, object] = {}
 
     def get(self, cfg):

@@ -202,9 +202,8 @@ def load_task_data(
             tok,
             proc,
             model_cfg.max_text_len,
-            num_answers=len(answer_vocab) if answer_vocab else None,
+            answer_vocab=answer_vocab,
         )
-        out[split].answer_vocab = answer_vocab  # VQA: index -> answer string, for the official metric
     return data_dir, tok, out, answer_vocab
 
 
@@ -608,8 +607,9 @@ def _train(cfg: TrainConfig) -> Path:
 
     # data
     if cfg.stage == "finetune":
-        eval_split = cfg.suite.get("eval_split") or {"nlvr2": "dev", "vqa": "val2014", "snli-ve": "dev"}[task]
-        from dde_bench.data import TRAIN_SPLIT
+        from dde_bench.data import TRAIN_SPLIT, suite_eval_split
+
+        eval_split = suite_eval_split(cfg.suite)
 
         data_dir, tok, sets, answer_vocab = load_task_data(
             cfg.suite,
