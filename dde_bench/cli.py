@@ -1,7 +1,8 @@
 """The `dde-bench` command line: thin commands over the library API.
 
-Each area of the library owns its commands (dde_bench/<area>/commands.py); this file only wires them
-together and turns user errors into one clear line and a non-zero exit.
+Each area of the library owns its commands (dde_bench/<area>/commands.py); commands that wire several areas
+(`run`: trainer + harness + report) live in dde_bench/commands/. This file only puts them together and turns
+user errors into one clear line and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dde_bench.bench.cache_commands import cache_app
-from dde_bench.bench.commands import run_cmd
+from dde_bench.commands.cache import cache_app
+from dde_bench.commands.run import run_cmd
 from dde_bench.data.commands import data_app
 from dde_bench.errors import UserError
 from dde_bench.profile.commands import profile_cmd
@@ -46,29 +47,23 @@ app.command("profile")(profile_cmd)
 @app.command("list")
 def list_cmd() -> None:
     """List the suites (suites/*.yaml) and model cards (models/*.yaml) this installation knows."""
-    from dde_bench.resources import list_names, model_card, models_dir, suite_card, suites_dir
+    from dde_bench.cards import load_model_card, load_suite
+    from dde_bench.resources import list_names, models_dir, suites_dir
 
     t = Table(title=f"suites ({suites_dir()})")
     for col in ("suite", "task", "data", "models"):
         t.add_column(col)
     for name in list_names("suites"):
-        card = suite_card(name)
-        data = card.get("data", {})
-        source = data.get("data_dir") or data.get("source", "synthetic")
-        t.add_row(name, str(card.get("task", name)), str(source), ", ".join(card.get("models", [])))
+        card = load_suite(name, check_models=False)
+        source = card.data.data_dir or card.data.source
+        t.add_row(name, card.task, str(source), ", ".join(card.models))
     console.print(t)
     t = Table(title=f"model cards ({models_dir()})")
     for col in ("model", "kind", "size", "weights", "description"):
         t.add_column(col)
     for name in list_names("models"):
-        card = model_card(name)
-        t.add_row(
-            name,
-            str(card.get("kind", "?")),
-            str(card.get("size", "?")),
-            str(card.get("weights", "random")),
-            str(card.get("description", "")),
-        )
+        card = load_model_card(name)
+        t.add_row(name, card.kind, card.size, card.weights, card.description)
     console.print(t)
 
 

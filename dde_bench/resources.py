@@ -51,19 +51,3 @@ def load_yaml(path: Path) -> dict:
 def list_names(kind: str) -> list[str]:
     d = suites_dir() if kind == "suites" else models_dir()
     return sorted(p.stem for p in d.glob("*.yaml"))
-
-
-def suite_card(name: str) -> dict:
-    path = suites_dir() / f"{name}.yaml"
-    if not path.exists():
-        raise UserError(f"unknown suite {name!r}; known suites: {', '.join(list_names('suites'))}")
-    return load_yaml(path)
-
-
-def model_card(name: str) -> dict:
-    path = models_dir() / f"{name}.yaml"
-    if not path.exists():
-        raise UserError(f"unknown model {name!r}; known model cards: {', '.join(list_names('models'))}")
-    card = load_yaml(path)
-    card.setdefault("name", name)
-    return card

@@ -194,6 +194,13 @@ def make_run(
             row["peak_mem_mb"] = 14.0 + 0.001 * n if model == "tiny-student" else 9.0 + 0.05 * min(n, 256)
             row[RAW_SAMPLES_KEY] = [round(float(x), 4) for x in samples]
             rows.append(row)
+        # the harness stores each student gallery row's break-even count (seconds: build / (teacher - student))
+        by_model = {r["model"]: r for r in rows if r["scenario"] == "gallery" and r["gallery_size"] == n}
+        t, st = by_model.get("tiny-teacher"), by_model.get("tiny-student")
+        if t and st and st["cache_build_s"] is not None and t["latency_p50_ms"] > st["latency_p50_ms"]:
+            st["break_even_queries"] = st["cache_build_s"] / (
+                (t["latency_p50_ms"] - st["latency_p50_ms"]) / 1e3
+            )
 
     with open(run_dir / "results.jsonl", "w", encoding="utf-8") as f:
         for row in rows:

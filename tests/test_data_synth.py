@@ -245,11 +245,11 @@ def test_vqa_region_answers_follow_the_scene(tmp_path):
 def test_every_shipped_suite_world_generates(tmp_path, name):
     """Each suites/*.yaml on the synthetic world names a task, families and world settings the generator accepts
     (a typo in a family or a colour fails here, not 30 minutes into a reproduction); 6 examples per split."""
-    from dde_bench.data.cache import is_synthetic, synth_settings
-    from dde_bench.resources import suite_card
+    from dde_bench.cards import load_suite
+    from dde_bench.data.cache import synth_settings
 
-    card = suite_card(name)
-    if not is_synthetic(card):
+    card = load_suite(name)
+    if not card.data.synthetic:
         pytest.skip("suite on a data folder")
     s = synth_settings(card)
     stats = synthesize(
@@ -268,13 +268,14 @@ def test_every_shipped_suite_world_generates(tmp_path, name):
 def test_suite_eval_split_defaults_per_task():
     """One rule for every caller (training, reproduce, the run harness): the suite's eval_split, else the task's
     dev split (VQA: val2014, which a plain "dev" default got wrong)."""
-    from dde_bench.data.cache import suite_eval_split
+    from dde_bench.cards import SuiteCard
     from dde_bench.errors import UserError
     from dde_bench.training.reproduce import EvalSplit
 
-    assert suite_eval_split({"task": "vqa"}) == "val2014"
-    assert suite_eval_split({"task": "nlvr2"}) == "dev" and suite_eval_split({"task": "snli-ve"}) == "dev"
-    assert suite_eval_split({"task": "nlvr2", "eval_split": "test1"}) == "test1"
-    assert EvalSplit({"name": "v", "task": "vqa"}, Path("unused")).split == "val2014"
-    with pytest.raises(UserError, match="unknown task"):
-        suite_eval_split({"name": "x", "task": "gqa"})
+    assert SuiteCard.from_dict({"name": "v", "task": "vqa"}).split == "val2014"
+    assert SuiteCard.from_dict({"name": "n", "task": "nlvr2"}).split == "dev"
+    assert SuiteCard.from_dict({"name": "s", "task": "snli-ve"}).split == "dev"
+    assert SuiteCard.from_dict({"name": "n", "task": "nlvr2", "eval_split": "test1"}).split == "test1"
+    assert EvalSplit(SuiteCard.from_dict({"name": "v", "task": "vqa"}), Path("unused")).split == "val2014"
+    with pytest.raises(UserError, match="task: input should be 'nlvr2', 'vqa' or 'snli-ve'"):
+        SuiteCard.from_dict({"name": "x", "task": "gqa"})

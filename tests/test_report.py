@@ -43,6 +43,12 @@ def test_report_md_has_tables_and_key_numbers(rendered: Path) -> None:
     assert "MB" in headline
     # the teacher was not measured at gallery size 100000: break-even reads n/a, never invented
     assert re.search(r"\| tiny-student \| 100000 \|.*\| n/a \|", md)
+    # where it was measured, it is the harness's number for the row (not recomputed, not rounded up to 1)
+    gal = rows[
+        (rows.model == "tiny-student") & (rows.scenario == "gallery") & rows.break_even_queries.notna()
+    ]
+    g = gal.iloc[0]
+    assert re.search(rf"\| tiny-student \| {int(g.gallery_size)} \|.*\| {g.break_even_queries:.3g} \|", md)
 
 
 def test_every_plot_written_png_and_svg(rendered: Path) -> None:

@@ -16,7 +16,7 @@ from dde_bench.bench.results import read_run
 from dde_bench.bench.runner import RunConfig, Runner
 from dde_bench.bench.schema import COLUMNS, RAW_SAMPLES_KEY
 
-FAST = dict(min_iters=3, min_time_s=0.02, quick=True, report=False)
+FAST = dict(min_iters=3, min_time_s=0.02, quick=True)
 
 
 def _run(tmp_path: Path, suite: str, **kw) -> Path:
@@ -97,13 +97,12 @@ def test_resume_skips_finished_rows(use_bench_env, tmp_path):
 
 def test_accuracy_of_checkpoints(use_bench_env, tmp_path):
     """Models given as checkpoint paths get accuracy with a bootstrap interval and prediction files."""
-    from dde_bench.bench.runner import Suite
+    from dde_bench.bench.workload import Workload
+    from dde_bench.cards import load_suite
     from dde_bench.modeling import Student, Teacher, save_model, size_config
-    from dde_bench.resources import suite_card
 
-    card = suite_card("nlvr2")
-    suite = Suite(card, RunConfig(suite="nlvr2"), console=__import__("rich.console").console.Console())
-    cfg = size_config("tiny", vocab_size=suite.vocab_size)
+    workload = Workload(load_suite("nlvr2"), Path(use_bench_env["DDE_BENCH_CACHE"]))
+    cfg = size_config("tiny", vocab_size=workload.data.vocab_size)
     torch.manual_seed(0)
     teacher = Teacher(cfg, "nlvr2")
     student = Student(cfg, "nlvr2")
@@ -234,15 +233,15 @@ def test_compile_unknown_backend_is_one_line(use_bench_env, tmp_path):
 
 def test_compile_mismatch_is_an_error_row(use_bench_env, tmp_path, monkeypatch):
     """A compiled call whose output disagrees with the plain path is not timed: its row says why."""
-    from dde_bench.bench import runner as runner_mod
+    from dde_bench.bench import workload as workload_mod
 
-    real = runner_mod._compiled
+    real = workload_mod.compiled
 
     def off_by_one(fn, backend):
         c = real(fn, backend)
         return lambda *a: c(*a) + 1.0
 
-    monkeypatch.setattr(runner_mod, "_compiled", off_by_one)
+    monkeypatch.setattr(workload_mod, "compiled", off_by_one)
     run_dir = _run(
         tmp_path, "vqa", models=["rt-teacher"], scenarios=["online"], batch_sizes=[1], compile="eager"
     )

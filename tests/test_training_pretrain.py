@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from dde_bench.data import ensure_data
+from dde_bench.data import load_tokenizer as load_text_tokenizer
 from dde_bench.data.images import ImageProcessor
 from dde_bench.training.pretrain import CaptionDataset
-from dde_bench.training.trainer import itm_accuracies, load_text_tokenizer
+from dde_bench.training.trainer import itm_accuracies
 
 SUITE = {
     "name": "nlvr2-pre",

@@ -98,23 +98,32 @@ def test_family_accuracy_adds_up_to_the_official_metric(tmp_path, task):
     example-weighted mean is the task's official accuracy (VQA: leave-one-out over the 10 answers)."""
     import torch
 
+    from dde_bench.cards import SuiteCard
+    from dde_bench.data.suite import load_suite_data
     from dde_bench.data.synth import family_of
+    from dde_bench.evaluation import evaluate
     from dde_bench.modeling.checkpoint import save_model
     from dde_bench.modeling.config import size_config
     from dde_bench.modeling.models import Teacher
     from dde_bench.training.reproduce import EvalSplit, family_accuracy
-    from dde_bench.training.trainer import evaluate, load_task_data
 
     splits = {"vqa": {"train2014": 24, "val2014": 24}, "snli-ve": {"train": 24, "dev": 24, "test": 3}}[task]
     eval_split = "val2014" if task == "vqa" else "dev"
-    suite = {
-        "name": f"{task}-fam",
-        "task": task,
-        "eval_split": eval_split,
-        "data": {"source": "synthetic", "synth": {"seed": 3, **splits, "families": ["exist", "spatial"]}},
-    }
+    suite = SuiteCard.from_dict(
+        {
+            "name": f"{task}-fam",
+            "task": task,
+            "eval_split": eval_split,
+            "data": {
+                "source": "synthetic",
+                "synth": {"seed": 3, **splits, "families": ["exist", "spatial"]},
+                "answer_min_count": 1,
+            },
+        }
+    )
     cfg = size_config("tiny")
-    _, _, sets, vocab = load_task_data(suite, tmp_path / "cache", cfg, (eval_split,))
+    loaded = load_suite_data(suite, tmp_path / "cache", cfg, (eval_split,))
+    sets, vocab = loaded.datasets, loaded.answer_vocab
     torch.manual_seed(0)
     model = Teacher(cfg, task, num_labels=len(vocab) if vocab else None).eval()
     save_model(model, tmp_path / "ckpt")
@@ -125,4 +134,6 @@ def test_family_accuracy_adds_up_to_the_official_metric(tmp_path, task):
     data = sets[eval_split]
     counts = {f: sum(family_of(e.text) == f for e in data.examples) for f in fam}
     weighted = sum(fam[f] * counts[f] for f in fam) / sum(counts.values())
-    assert weighted == pytest.approx(evaluate(model, data, torch.device("cpu"))["accuracy"], abs=1e-9)
+    assert weighted == pytest.approx(
+        evaluate(model, data, torch.device("cpu")).percent()["accuracy"], abs=1e-9
+    )

@@ -1,14 +1,20 @@
-"""The benchmark harness.
+"""The benchmark harness: the measuring layer (it never trains models and never renders reports).
 
-Model-agnostic measuring layer (import the submodules; this package import stays light):
+Import the submodules; this package import stays light.
 
-  timing   ``measure`` / ``measure_interleaved`` -> ``Measurement`` (raw samples, lazy statistics)
-  stats    ``speedup`` (ratio of medians + bootstrap CI), ``mean_ci``, ``mann_whitney``,
-           ``regression_verdict``
-  memory   ``MemoryTracker`` (CUDA peak allocated/reserved, NVML device/process, CPU peak RSS growth)
-  energy   ``EnergyMeter`` (NVML energy counter over the measured window)
-  flops    ``count_flops``, ``flops_per_item``, ``peak_flops``, ``model_flop_utilisation``
-  results  ``ResultWriter`` / ``read_run`` (run.json, results.jsonl, results.csv; see ``schema``)
-  guard    ``run_guarded`` (out-of-memory -> status "oom", the sweep goes on)
-  nvml     NVML handles matched to torch devices by PCI bus id
+  workload   the suite's evaluation data, the run's models (``Entry``), their inputs and each scenario's call
+  context    ``TimingRule``, ``RunPlan`` (resolved settings), ``RunContext`` (rows, finished keys, the one
+             OOM / error policy, image features shared by scenarios)
+  scenarios  one module per scenario behind one protocol: batched (online, cached), gallery
+  runner     ``RunConfig`` -> ``plan_run`` -> ``Runner``: loads, scores, runs each scenario
+  trackers   memory and energy of one call, in passes of their own
+  timing     ``measure`` / ``measure_interleaved`` -> ``Measurement`` (raw samples, lazy statistics)
+  stats      ``speedup`` (ratio of medians + bootstrap CI), ``mean_ci``, ``mann_whitney``, ``regression_verdict``
+  memory     ``MemoryTracker`` (CUDA peak allocated/reserved, NVML device/process, CPU peak RSS growth)
+  energy     ``EnergyMeter`` (NVML energy counter over the measured window)
+  flops      ``count_flops``, ``flops_per_item``, ``peak_flops``, ``model_flop_utilisation``
+  results    ``ResultWriter`` / ``read_run`` (run.json, results.jsonl, results.csv; see ``schema``)
+  featurestore  sharded on-disk image-feature stores (the gallery scenario, ``dde-bench cache``)
+  guard      ``is_oom`` / ``free_memory``
+  nvml       NVML handles matched to torch devices by PCI bus id
 """

@@ -43,7 +43,7 @@ COLUMNS = (
     "n_samples",
     "throughput_per_s",  # items / total measured time
     # memory, MB (1e6 bytes)
-    "peak_mem_mb",  # CUDA max_memory_allocated on GPU, peak RSS growth over the pass on CPU
+    "peak_mem_mb",  # CUDA max_memory_allocated on GPU; on CPU the peak of live tensors (tensor_peak_mb)
     "cuda_max_reserved_mb",
     "nvml_device_used_mb",
     "nvml_process_mb",

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dde_bench.data.readers import SPLITS
+from dde_bench.cards import SuiteCard
 from dde_bench.data.synth import normalize_sizes, synthesize
 from dde_bench.errors import UserError
 
@@ -28,10 +28,11 @@ _SIZE_KEYS_SKIP = {
 }
 
 
-def synth_settings(suite_card: dict) -> dict:
+def synth_settings(card: SuiteCard | dict) -> dict:
     """The synthetic-world settings of a suite card (``data.synth``), normalised for hashing."""
-    task = suite_card.get("task", suite_card.get("name"))
-    synth = dict((suite_card.get("data") or {}).get("synth") or {})
+    card = SuiteCard.of(card)
+    task = card.task
+    synth = dict(card.data.synth)
     sizes = {k: v for k, v in synth.items() if k not in _SIZE_KEYS_SKIP}
     world = {k: synth[k] for k in _SIZE_KEYS_SKIP - {"seed", "families"} if k in synth}
     return {
@@ -44,25 +45,11 @@ def synth_settings(suite_card: dict) -> dict:
     }
 
 
-def suite_eval_split(suite_card: dict) -> str:
-    """The split a suite evaluates on: its ``eval_split``, else the task's second split (dev / val2014)."""
-    task = suite_card.get("task", suite_card.get("name"))
-    if task not in SPLITS:
-        raise UserError(f"suite {suite_card.get('name')!r}: unknown task {task!r}")
-    return str(suite_card.get("eval_split") or SPLITS[task][1])
-
-
-def is_synthetic(suite_card: dict) -> bool:
-    """Whether a suite's data is the generated synthetic world (not a ``data.source: dir`` / ``data_dir`` folder)."""
-    data = suite_card.get("data") or {}
-    return not (data.get("data_dir") or data.get("source", "synthetic") == "dir")
-
-
 def synth_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_data(suite_card: dict, cache_root: Path, progress: bool = False) -> Path:
+def ensure_data(card: SuiteCard | dict, cache_root: Path, progress: bool = False) -> Path:
     """Return the data folder of a suite, generating the synthetic world when the suite asks for it.
 
     ``data.source: dir`` (or a ``data_dir``): the folder must exist and hold every split's annotation file.
@@ -70,30 +57,19 @@ def ensure_data(suite_card: dict, cache_root: Path, progress: bool = False) -> P
     complete; generation goes to a temporary folder renamed into place at the end, so an interrupted run
     is never mistaken for a complete one.
     """
-    data = suite_card.get("data") or {}
-    task = suite_card.get("task", suite_card.get("name"))
-    if task not in SPLITS:
-        raise UserError(f"suite {suite_card.get('name')!r}: unknown task {task!r}")
-    source = data.get("source", "synthetic")
-    if not is_synthetic(suite_card):
-        if not data.get("data_dir"):
-            raise UserError(
-                f"suite {suite_card.get('name')!r}: data.source is 'dir' but data.data_dir is not set"
-            )
-        d = Path(os.path.expanduser(str(data["data_dir"])))
+    card = SuiteCard.of(card)
+    task = card.task
+    if not card.data.synthetic:
+        d = Path(os.path.expanduser(str(card.data.data_dir)))
         if not d.is_dir():
-            raise UserError(f"{d}: no such data folder (suite {suite_card.get('name')!r}, data.data_dir)")
+            raise UserError(f"{d}: no such data folder ({card.where}, data.data_dir)")
         from dde_bench.data.commands import expected_files
 
         missing = [p for p in expected_files(task, d) if not p.exists()]
         if missing:
-            raise UserError(f"{missing[0]}: no such file (suite {suite_card.get('name')!r} data folder)")
+            raise UserError(f"{missing[0]}: no such file ({card.where}, data folder)")
         return d
-    if source != "synthetic":
-        raise UserError(
-            f"suite {suite_card.get('name')!r}: unknown data.source {source!r} (synthetic or dir)"
-        )
-    settings = synth_settings(suite_card)
+    settings = synth_settings(card)
     root = Path(cache_root) / "synthetic"
     final = root / f"{task}-{synth_key(settings)}"
     if (final / "stats.json").is_file():

@@ -23,14 +23,8 @@ from pathlib import Path
 
 from dde_bench.errors import UserError
 from dde_bench.metrics import normalize_vqa_answer
+from dde_bench.tasks import SPLITS, TASKS, TRAIN_SPLIT  # noqa: F401 - re-exported: readers are where data code looks
 
-TASKS = ("nlvr2", "vqa", "snli-ve")
-SPLITS: dict[str, tuple[str, ...]] = {
-    "nlvr2": ("train", "dev", "test1"),
-    "vqa": ("train2014", "val2014"),
-    "snli-ve": ("train", "dev", "test"),
-}
-TRAIN_SPLIT = {"nlvr2": "train", "vqa": "train2014", "snli-ve": "train"}
 SNLI_VE_LABELS = ("entailment", "neutral", "contradiction")
 NLVR2_LABELS = {"False": 0, "True": 1}
 

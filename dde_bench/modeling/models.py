@@ -17,14 +17,9 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from dde_bench.modeling.config import TASK_NUM_LABELS, VLConfig
+from dde_bench.modeling.config import VLConfig
 from dde_bench.modeling.transformer import EncoderOutput, VLTransformer
-
-TASKS = ("nlvr2", "vqa", "snli-ve")
-
-
-def num_images(task: str) -> int:
-    return 2 if task == "nlvr2" else 1
+from dde_bench.tasks import NUM_LABELS, TASKS, num_images  # noqa: F401 - num_images re-exported
 
 
 class ClassifierHead(nn.Sequential):
@@ -53,7 +48,7 @@ def _check_task(task: str, num_labels: int | None) -> int:
     if num_labels is None:
         if task == "vqa":
             raise ValueError("vqa needs num_labels (the size of the answer vocabulary)")
-        num_labels = TASK_NUM_LABELS[task]
+        num_labels = NUM_LABELS[task]
     return num_labels
 
 

@@ -32,7 +32,9 @@ def profile_cmd(
     Models and inputs are the harness's (`dde-bench run`). Open OUT/trace.json in https://ui.perfetto.dev, or
     run `tensorboard --logdir OUT/tb` (PyTorch profiler plugin).
     """
+    from dde_bench import paths
     from dde_bench.profile.profiler import ProfileConfig, run_profile
+    from dde_bench.training import trained_resolver
 
     run_profile(
         ProfileConfig(
@@ -47,5 +49,6 @@ def profile_cmd(
             out=out,
             top=top,
             seed=seed,
-        )
+        ),
+        resolve_trained=trained_resolver(paths.cache_root()),
     )

@@ -1,6 +1,6 @@
 """`dde-bench profile`: one model, one scenario, one batch size under torch.profiler.
 
-The models and inputs are the harness's own (dde_bench.bench.runner: Suite, build_entries, _inputs,
+The models and inputs are the harness's own (dde_bench.bench.workload: Workload, build_entries, inputs,
 scenario_call), so a profile shows exactly the call `dde-bench run` times. The stages of the models are
 record_function ranges (teacher.joint, teacher.head, student.text_tower, student.image_tower,
 student.fusion_head); their share of a step is read back from the profile.
@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
+from dde_bench import paths
 from dde_bench.errors import UserError
-from dde_bench.resources import REPO_ROOT
 
 PROFILE_SCENARIOS = ("online", "cached")
 STAGES = {
@@ -53,7 +53,7 @@ class ProfileConfig:
     out: Path | None = None
     top: int = 15  # rows of the printed operator table (the CSV has all)
     seed: int = 0
-    cache_root: Path = field(default_factory=lambda: REPO_ROOT / "reports" / "cache")
+    cache_root: Path = field(default_factory=paths.cache_root)
 
 
 @dataclass
@@ -76,7 +76,7 @@ def stage_names(kind: str, scenario: str) -> tuple[str, ...]:
 
 
 def _validate(cfg: ProfileConfig) -> None:
-    from dde_bench.bench.runner import DTYPES
+    from dde_bench.bench.workload import DTYPES
 
     if cfg.scenario not in PROFILE_SCENARIOS:
         hint = (
@@ -93,30 +93,23 @@ def _validate(cfg: ProfileConfig) -> None:
         raise UserError(f"unknown dtype {cfg.dtype!r}; known: {', '.join(DTYPES)}")
 
 
-def _build(cfg: ProfileConfig, device: torch.device, console: Console):
-    """The model entry and the callable of (model, scenario), built by the harness."""
-    from dde_bench.bench.runner import DTYPES, RunConfig, Suite, _cast, _inputs, build_entries, scenario_call
-    from dde_bench.resources import model_card, suite_card
+def _build(cfg: ProfileConfig, device: torch.device, console: Console, resolve_trained=None):
+    """The model entry and the callable of (model, scenario), built by the harness's workload."""
+    from dde_bench.bench.workload import DTYPES, Workload, build_entries, cast, inputs, scenario_call
+    from dde_bench.cards import load_model_card, load_suite
 
-    card = suite_card(cfg.suite)
-    card.setdefault("name", cfg.suite)
-    mcard = model_card(cfg.model)  # unknown model: one-line error before any data is generated
-    names = [cfg.model]
-    if mcard.get("kind") == "hf-vilt":  # a transformers reference needs the teacher whose weights it carries
-        src = mcard.get("same_weights_as")
-        if not src:
-            raise UserError(f"model card {cfg.model!r}: kind hf-vilt needs same_weights_as")
-        names = [str(src), cfg.model]
-    run_cfg = RunConfig(
-        suite=cfg.suite, device=str(device), models=names, seed=cfg.seed, cache_root=Path(cfg.cache_root)
-    )
-    suite = Suite(card, run_cfg, console)
-    entry = {e.name: e for e in build_entries(suite, names, run_cfg, device, console)}[cfg.model]
+    card = load_suite(cfg.suite, check_models=False)
+    mcard = load_model_card(cfg.model)  # unknown model: one-line error before any data is generated
+    # a transformers reference needs the teacher whose weights it carries
+    names = [mcard.same_weights_as, cfg.model] if mcard.kind == "hf-vilt" else [cfg.model]
+    workload = Workload(card, Path(cfg.cache_root), console)
+    entries = build_entries(workload, names, device, cfg.seed, resolve_trained, console)
+    entry = {e.name: e for e in entries}[cfg.model]
     dtype = DTYPES[cfg.dtype]
     if dtype != torch.float32:
-        entry = _cast(entry, dtype)
+        entry = cast(entry, dtype)
     with torch.inference_mode():
-        x = _inputs(entry, suite, cfg.batch_size, device, dtype, cfg.seed)
+        x = inputs(entry, workload, cfg.batch_size, device, dtype, cfg.seed)
         fn = scenario_call(entry, cfg.scenario, x)  # cached: image features computed here, not profiled
     return entry, fn
 
@@ -124,10 +117,12 @@ def _build(cfg: ProfileConfig, device: torch.device, console: Console):
 def default_out(cfg: ProfileConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{cfg.suite}-{cfg.model}-{cfg.scenario}-b{cfg.batch_size}-{stamp}"
-    return REPO_ROOT / "reports" / "profiles" / name
+    return paths.profiles_dir() / name
 
 
-def run_profile(cfg: ProfileConfig, console: Console | None = None) -> ProfileResult:
+def run_profile(cfg: ProfileConfig, console: Console | None = None, resolve_trained=None) -> ProfileResult:
+    """Profile ``cfg``'s call; ``resolve_trained`` supplies the checkpoints of ``weights: trained`` cards
+    (:data:`dde_bench.bench.workload.TrainedResolver`)."""
     from dde_bench.env import environment, resolve_device
 
     console = console or Console()
@@ -139,7 +134,7 @@ def run_profile(cfg: ProfileConfig, console: Console | None = None) -> ProfileRe
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: folder exists and is not empty; choose another --out")
-    entry, fn = _build(cfg, device, console)
+    entry, fn = _build(cfg, device, console, resolve_trained)
 
     tb_dir = out / "tb"
     tb_dir.mkdir(parents=True, exist_ok=True)

@@ -354,8 +354,9 @@ def plot_memory(
 
 def break_even(rows: pd.DataFrame) -> pd.DataFrame:
     """Per student gallery row: the number of queries after which building the image cache plus answering with
-    the student costs less than answering with the teacher: ceil(cache_build / (teacher - student latency)).
-    NaN where the teacher's row or the cache build time is missing; inf where the student is not faster."""
+    the student costs less than answering with the teacher, as the harness computed it for the row
+    (``break_even_queries``: cache build / (teacher - student seconds per query), not rounded). NaN where the
+    teacher was not measured; inf where the student is not faster."""
     ok = _ok(rows)
     g = ok[ok["scenario"] == "gallery"]
     kinds = model_kinds(rows)
@@ -369,12 +370,9 @@ def break_even(rows: pd.DataFrame) -> pd.DataFrame:
         t_ms = num(t["latency_p50_ms"].iloc[0]) if not t.empty else float("nan")
         s_ms = num(r["latency_p50_ms"])
         build_ms = 1000 * num(r["cache_build_s"])
-        if math.isnan(t_ms) or math.isnan(build_ms) or math.isnan(s_ms):
-            q = float("nan")
-        elif t_ms <= s_ms:
+        q = num(r.get("break_even_queries"))
+        if math.isnan(q) and not math.isnan(t_ms) and t_ms <= s_ms:
             q = float("inf")
-        else:
-            q = float(max(1, math.ceil(build_ms / (t_ms - s_ms))))
         recs.append(
             {
                 "model": r["model"],
@@ -446,7 +444,7 @@ def plot_gallery(
             )
             for _, r in sub.iterrows():
                 ax2.annotate(
-                    f"{int(r['break_even_queries'])}",
+                    f"{r['break_even_queries']:.3g}",
                     (r["gallery_size"], r["break_even_queries"]),
                     xytext=(0, 6),
                     textcoords="offset points",

@@ -178,7 +178,7 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
                         "teacher p50 ms": be["teacher_ms"].map(sig),
                         "cache build ms": be["cache_build_ms"].map(sig),
                         "break-even queries": be["break_even_queries"].map(
-                            lambda q: NA if q != q else ("never" if q == float("inf") else str(int(q)))
+                            lambda q: NA if q != q else ("never" if q == float("inf") else f"{q:.3g}")
                         ),
                     }
                 )

@@ -43,16 +43,13 @@ SCENARIO_MARKERS = {"online": "o", "cached": "s", "gallery": "^"}
 
 def _is_distilled(model: str) -> bool:
     """A student counts as distilled when its model card gives soft or attention distillation a weight."""
-    try:
-        from dde_bench.resources import model_card
+    from dde_bench.cards import load_model_card
 
-        card = model_card(model)
-    except (UserError, OSError):
+    try:
+        card = load_model_card(model)
+    except (UserError, OSError):  # a run from another installation: its cards are not here
         return "nodistill" not in model
-    distill = card.get("distill")
-    if not isinstance(distill, dict):
-        return "nodistill" not in model
-    return bool(distill.get("soft") or distill.get("attention"))
+    return bool(card.distill.soft or card.distill.attention)
 
 
 def model_role(model: str, kind: str | None) -> str:

@@ -13,12 +13,12 @@ _EXPORTS = {
     "LossWeights": "trainer",
     "OptimConfig": "trainer",
     "TrainConfig": "trainer",
-    "evaluate": "trainer",
     "train": "trainer",
     "QUICK": "recipes",
     "FULL": "recipes",
     "Recipe": "recipes",
     "ensure_trained": "recipes",
+    "trained_resolver": "recipes",
     "train_student": "recipes",
     "train_teacher": "recipes",
 }

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from dde_bench import paths
 from dde_bench.errors import UserError
 
 train_app = typer.Typer(
@@ -14,17 +15,11 @@ train_app = typer.Typer(
 )
 
 
-def _suite(name_or_path: str) -> dict:
-    from dde_bench.resources import load_yaml, suite_card
+def _suite(name_or_path: str):
+    """A suite by name or YAML path (the models it lists are not needed to train)."""
+    from dde_bench.cards import load_suite
 
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        card = load_yaml(p)
-        card.setdefault("name", p.stem)
-        return card
-    card = suite_card(name_or_path)
-    card.setdefault("name", name_or_path)
-    return card
+    return load_suite(name_or_path, check_models=False)
 
 
 def _check_nproc(nproc: int) -> None:
@@ -45,8 +40,10 @@ def teacher_cmd(
     batch_size: int = typer.Option(None, help="batch size per process (default: the recipe's)"),
     lr: float = typer.Option(None, help="peak learning rate (default: the recipe's)"),
     recipe: str = typer.Option("quick", help="quick, medium or full"),
-    out: Path = typer.Option(Path("reports/checkpoints/teacher"), help="checkpoint folder"),
-    cache_root: Path = typer.Option(Path("reports/cache"), help="where the synthetic data is cached"),
+    out: Path = typer.Option(None, help="checkpoint folder (default: ./reports/checkpoints/teacher)"),
+    cache_root: Path = typer.Option(
+        None, help="where the synthetic data is cached (default: ./reports/cache, or $DDE_BENCH_CACHE)"
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, help="continue from OUT/last after an interruption"),
@@ -62,11 +59,11 @@ def teacher_cmd(
     r = get_recipe(recipe)
     path = train_teacher(
         _suite(suite),
-        out,
+        out or paths.home() / "checkpoints" / "teacher",
         r,
         seed=seed,
         device=device,
-        cache_root=cache_root,
+        cache_root=cache_root or paths.cache_root(),
         init=init,
         steps=steps,
         pretrain_steps=pretrain_steps,
@@ -95,8 +92,10 @@ def student_cmd(
     batch_size: int = typer.Option(None),
     lr: float = typer.Option(None),
     recipe: str = typer.Option("quick", help="quick, medium or full"),
-    out: Path = typer.Option(Path("reports/checkpoints/student"), help="checkpoint folder"),
-    cache_root: Path = typer.Option(Path("reports/cache")),
+    out: Path = typer.Option(None, help="checkpoint folder (default: ./reports/checkpoints/student)"),
+    cache_root: Path = typer.Option(
+        None, help="where the synthetic data is cached (default: ./reports/cache, or $DDE_BENCH_CACHE)"
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, help="continue from OUT/last after an interruption"),
@@ -117,13 +116,13 @@ def student_cmd(
     path = train_student(
         _suite(suite),
         teacher,
-        out,
+        out or paths.home() / "checkpoints" / "student",
         LossWeights(gt, soft, attention, temperature),
         get_recipe(recipe),
         pretrain_distill=pretrain_distill,
         seed=seed,
         device=device,
-        cache_root=cache_root,
+        cache_root=cache_root or paths.cache_root(),
         steps=steps,
         pretrain_steps=pretrain_steps,
         batch_size=batch_size,
@@ -143,8 +142,10 @@ def reproduce(
         None,
         help="a named recipe (quick, medium, medium-long, rich, rich-equal, full); overrides --quick/--no-quick",
     ),
-    out: Path = typer.Option(Path("reports/reproduce")),
-    cache_root: Path = typer.Option(Path("reports/cache")),
+    out: Path = typer.Option(None, help="output folder (default: ./reports/reproduce)"),
+    cache_root: Path = typer.Option(
+        None, help="synthetic data and checkpoints cache (default: ./reports/cache, or $DDE_BENCH_CACHE)"
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
     threads: int = typer.Option(2),
     eval_every: int = typer.Option(
@@ -180,16 +181,16 @@ def reproduce(
         from dde_bench.training.recipes import get_recipe
 
         get_recipe(recipe)  # unknown names: one-line error before any work
-    paths = run_reproduce(
+    written = run_reproduce(
         _suite(suite),
-        out,
+        out or paths.home() / "reproduce",
         seeds=seeds,
         recipe_name=recipe or ("quick" if quick else "full"),
-        cache_root=cache_root,
+        cache_root=cache_root or paths.cache_root(),
         device=device,
         threads=threads,
         eval_every=eval_every,
         students=rows,
     )
-    for p in paths:
+    for p in written:
         typer.echo(f"wrote {p}")

@@ -3,7 +3,7 @@
 Everything here is a pure function of tensors (no module state), computed in float32 whatever the autocast
 dtype, so mixed-precision training cannot underflow the KL terms.
 
-Conventions (DESIGN section 2):
+Conventions (the DiDE paper and the authors' released code, kugwzk/DiDE `src/vilt/modules/objectives.py`):
 
 * Task loss: VQA = BCE-with-logits against the soft scores, times ``num_labels`` (ViLT's convention: the
   per-element mean times the number of answers = sum over answers, mean over the batch); NLVR2 and SNLI-VE =

@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from dde_bench.cards import ModelCard, SuiteCard
 from dde_bench.errors import UserError
 from dde_bench.training.trainer import LossWeights, OptimConfig, TrainConfig, train
 
@@ -67,7 +68,7 @@ class Recipe:
 QUICK = Recipe(
     # Measured on suites/nlvr2.yaml's quick world (exist family, 2 colours x 2 shapes): the teacher passes 95% dev
     # accuracy in 450-600 steps. init_std 0.1: with the default 0.02 the tiny teacher sits at chance for
-    # hundreds of steps (DESIGN section 7's plateau); 0.1 at lr 3e-4 leaves it within ~100 steps.
+    # hundreds of steps (a plateau the first synthetic experiments hit); 0.1 at lr 3e-4 leaves it within ~100 steps.
     name="quick",
     init_std=0.1,
     teacher_steps=600,
@@ -181,7 +182,7 @@ def _pretrain_stage(
 
 
 def train_teacher(
-    suite: dict,
+    suite: SuiteCard,
     out: Path,
     recipe: Recipe = QUICK,
     *,
@@ -200,7 +201,7 @@ def train_teacher(
     eval_limit: int | None = None,
 ) -> Path:
     """Pre-train (if any pre-training steps) then fine-tune a teacher into ``out``; return ``out``."""
-    task = str(suite.get("task", suite.get("name")))
+    task = suite.task
     lr = lr if lr is not None else recipe.teacher_lr
     base = dict(
         kind="teacher",
@@ -230,7 +231,7 @@ def train_teacher(
 
 
 def train_student(
-    suite: dict,
+    suite: SuiteCard,
     teacher: Path,
     out: Path,
     weights: LossWeights,
@@ -253,7 +254,7 @@ def train_student(
     """Train a student from ``teacher`` (a fine-tuned teacher folder) with ``weights``; return ``out``.
 
     With ``pretrain_distill`` the teacher folder must hold its pre-training stage (``teacher/pretrain``)."""
-    task = str(suite.get("task", suite.get("name")))
+    task = suite.task
     lr = lr if lr is not None else recipe.student_lr
     base = dict(
         kind="student",
@@ -302,8 +303,9 @@ def train_student(
 # --- the harness entry ------------------------------------------------------------------------------------
 
 
-def _card_core(card: dict) -> dict:
-    return {k: v for k, v in card.items() if k not in ("description", "name")}
+def _card_core(card: ModelCard) -> dict:
+    """The card as written (without its name and description): what its checkpoint depends on."""
+    return {k: v for k, v in card.raw.items() if k not in ("description", "name")}
 
 
 def _recipe_key(recipe: Recipe) -> dict:
@@ -320,12 +322,27 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _data_key(suite: dict) -> dict:
-    from dde_bench.data.cache import is_synthetic, synth_settings
+def _data_key(suite: SuiteCard) -> dict:
+    """What a checkpoint depends on in the suite's data: the synthetic world's settings or the data folder, and
+    (VQA) the answer-count threshold its answer vocabulary was built with."""
+    from dde_bench.data.cache import synth_settings
 
-    if not is_synthetic(suite):
-        return {"data_dir": str((suite.get("data") or {}).get("data_dir"))}
-    return synth_settings(suite)
+    key = synth_settings(suite) if suite.data.synthetic else {"data_dir": str(suite.data.data_dir)}
+    if suite.task == "vqa":
+        key = {**key, "answer_min_count": suite.data.answer_min_count}
+    return key
+
+
+def trained_resolver(cache_root: Path, progress: bool = True, recipe: Recipe = QUICK):
+    """A :data:`dde_bench.bench.workload.TrainedResolver`: the harness calls it for each ``weights: trained`` card
+    and gets the card's checkpoint, trained with ``recipe`` on first use and cached under ``cache_root``."""
+
+    def resolve(suite: SuiteCard, card: ModelCard, device) -> Path:
+        return ensure_trained(
+            suite, card, Path(cache_root), device=str(device), progress=progress, recipe=recipe
+        )
+
+    return resolve
 
 
 def _atomic_train(final: Path, fn) -> Path:
@@ -349,8 +366,8 @@ def _atomic_train(final: Path, fn) -> Path:
 
 
 def ensure_trained(
-    suite_card: dict,
-    model_card: dict,
+    suite_card: SuiteCard,
+    model_card: ModelCard,
     cache_root: Path,
     device="auto",
     progress: bool = True,
@@ -359,25 +376,23 @@ def ensure_trained(
     """Checkpoint folder of a ``weights: trained`` model card, trained with ``recipe`` (QUICK) if not cached.
 
     Checkpoints live under ``cache_root/checkpoints/{card}-{task}-{key}``, the key hashing the suite's data
-    settings, the card (without its description), the recipe and, for a student, its teacher's key; the
+    settings, the card as written (without its description), the recipe and, for a student, its teacher's key; the
     synthetic data goes to ``cache_root/synthetic``. A student card names its ``teacher`` card (trained first
-    through this same function) and its ``distill`` weights (``ground_truth``, ``soft``, ``attention``,
-    optional ``temperature``); ``pretrain_distill: true`` adds the pre-training distillation stage. ``seed``
-    in the card (default 0) seeds the run. Training happens in a temporary folder renamed into place, so an
-    interrupted run is never mistaken for a finished one."""
-    from dde_bench.resources import model_card as load_card
+    through this same function) and its ``distill`` weights; ``pretrain_distill: true`` adds the pre-training
+    distillation stage; the card's ``seed`` seeds the run. Training happens in a temporary folder renamed into
+    place, so an interrupted run is never mistaken for a finished one."""
+    from dde_bench.cards import load_model_card
 
-    name = model_card.get("name", "model")
-    if model_card.get("weights") != "trained":
-        raise UserError(f"model card {name!r}: weights is {model_card.get('weights')!r}, not 'trained'")
-    kind = model_card.get("kind")
-    task = str(suite_card.get("task", suite_card.get("name")))
-    size = model_card.get("size", recipe.size)
-    recipe = replace(recipe, size=size)
-    seed = int(model_card.get("seed", 0))
+    suite_card, model_card = SuiteCard.of(suite_card), ModelCard.of(model_card)
+    name = model_card.name
+    if model_card.weights != "trained":
+        raise UserError(f"{model_card.where}: weights is {model_card.weights!r}, not 'trained'")
+    task = suite_card.task
+    recipe = replace(recipe, size=model_card.size)
+    seed = model_card.seed
     dev = str(device)
     root = Path(cache_root) / "checkpoints"
-    if kind == "teacher":
+    if model_card.kind == "teacher":
         key = _key(RECIPE_VERSION, _data_key(suite_card), _card_core(model_card), _recipe_key(recipe))
         return _atomic_train(
             root / f"{name}-{task}-{key}",
@@ -385,21 +400,18 @@ def ensure_trained(
                 suite_card, tmp, recipe, seed=seed, device=dev, cache_root=Path(cache_root), progress=progress
             ),
         )
-    if kind != "student":
-        raise UserError(f"model card {name!r}: unknown kind {kind!r} (teacher or student)")
-    if not model_card.get("teacher"):
-        raise UserError(f"model card {name!r}: a trained student needs a 'teacher' card")
-    t_card = load_card(model_card["teacher"])
-    t_path = ensure_trained(suite_card, t_card, cache_root, device, progress, recipe)
-    d = dict(model_card.get("distill") or {})
-    unknown = set(d) - {"ground_truth", "soft", "attention", "temperature"}
-    if unknown:
-        raise UserError(f"model card {name!r}: unknown distill keys {sorted(unknown)}")
+    if model_card.kind != "student":
+        raise UserError(
+            f"{model_card.where}: a {model_card.kind} card cannot be trained (teacher or student)"
+        )
+    if not model_card.teacher:
+        raise UserError(f"{model_card.where}: teacher: a trained student needs a teacher card")
+    t_path = ensure_trained(
+        suite_card, load_model_card(model_card.teacher), cache_root, device, progress, recipe
+    )
+    d = model_card.distill
     weights = LossWeights(
-        ground_truth=float(d.get("ground_truth", 0.0)),
-        soft=float(d.get("soft", 1.0)),
-        attention=float(d.get("attention", 1.0)),
-        temperature=float(d.get("temperature", 1.0)),
+        ground_truth=d.ground_truth, soft=d.soft, attention=d.attention, temperature=d.temperature
     )
     key = _key(
         RECIPE_VERSION, _data_key(suite_card), _card_core(model_card), _recipe_key(recipe), t_path.name
@@ -412,7 +424,7 @@ def ensure_trained(
             tmp,
             weights,
             recipe,
-            pretrain_distill=bool(model_card.get("pretrain_distill", False)),
+            pretrain_distill=model_card.pretrain_distill,
             seed=seed,
             device=dev,
             cache_root=Path(cache_root),

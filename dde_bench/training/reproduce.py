@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from dde_bench.cards import SuiteCard
 from dde_bench.training.recipes import get_recipe, train_student, train_teacher
 from dde_bench.training.trainer import LossWeights
 
@@ -43,20 +44,18 @@ class EvalSplit:
     """A suite's eval split as a ``TaskDataset``, loaded once per model geometry (text length, image and patch
     size) and shared by every row's per-family scoring and speedup measurement."""
 
-    def __init__(self, suite: dict, cache_root: Path):
+    def __init__(self, suite: SuiteCard, cache_root: Path):
         self.suite, self.cache_root = suite, Path(cache_root)
-        from dde_bench.data import suite_eval_split
-
-        self.split = suite_eval_split(suite)
+        self.split = suite.split
         self._sets: dict[tuple, object] = {}
 
     def get(self, cfg):
-        from dde_bench.training.trainer import load_task_data
+        from dde_bench.data.suite import load_suite_data
 
         key = (cfg.max_text_len, cfg.image_size, cfg.patch_size)
         if key not in self._sets:
-            _, _, sets, _ = load_task_data(self.suite, self.cache_root, cfg, (self.split,))
-            self._sets[key] = sets[self.split]
+            data = load_suite_data(self.suite, self.cache_root, cfg, (self.split,))
+            self._sets[key] = data.datasets[self.split]
         return self._sets[key]
 
 
@@ -106,12 +105,12 @@ def measure_speedup(
     }
 
 
-def suite_families(suite: dict) -> list[str]:
+def suite_families(suite: SuiteCard) -> list[str]:
     """The statement families of a synthetic suite's world (empty for a suite on a real data folder)."""
-    from dde_bench.data.cache import is_synthetic, synth_settings
+    from dde_bench.data.cache import synth_settings
     from dde_bench.data.synth import TASK_FAMILIES
 
-    if not is_synthetic(suite):
+    if not suite.data.synthetic:
         return []
     settings = synth_settings(suite)
     return settings["families"] or list(TASK_FAMILIES[settings["task"]])
@@ -122,8 +121,8 @@ def family_accuracy(checkpoint: Path, eval_split: EvalSplit, device: str) -> dic
     synthetic suite, the family read from each text by ``synth.family_of``; {} if some text has none."""
     from dde_bench.data.synth import family_of
     from dde_bench.env import resolve_device
+    from dde_bench.evaluation import evaluate
     from dde_bench.modeling.checkpoint import load_model
-    from dde_bench.training.trainer import example_scores, predict
 
     dev = resolve_device(device)
     model = load_model(checkpoint).to(dev).eval()
@@ -131,7 +130,7 @@ def family_accuracy(checkpoint: Path, eval_split: EvalSplit, device: str) -> dic
     fams = [family_of(e.text) for e in data.examples]
     if None in fams:
         return {}
-    scores = example_scores(data, predict(model, data, dev))
+    scores = evaluate(model, data, dev).scores
     out: dict[str, list[float]] = {}
     for f, sc in zip(fams, scores, strict=True):
         out.setdefault(f, []).append(sc)
@@ -148,7 +147,7 @@ def _fmt(values: list[float]) -> str:
 
 
 def run_reproduce(
-    suite: dict,
+    suite: SuiteCard,
     out: Path,
     seeds: int = 2,
     recipe_name: str = "quick",
@@ -177,7 +176,8 @@ def run_reproduce(
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     results_path = out / "results.csv"
-    task = str(suite.get("task", suite.get("name")))
+    suite = SuiteCard.of(suite)
+    task = suite.task
     fields = [
         "model",
         "seed",
@@ -260,7 +260,7 @@ def run_reproduce(
                 )
     paths = [results_path, *write_table(rows, out, task, recipe_name, seeds)]
     if eval_every > 0:
-        paths += write_curves(rows, out, f"{suite.get('name', task)}, {recipe_name} recipe, {seeds} seed(s)")
+        paths += write_curves(rows, out, f"{suite.name}, {recipe_name} recipe, {seeds} seed(s)")
     return paths
 
 

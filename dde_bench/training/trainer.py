@@ -35,10 +35,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dde_bench.cards import SuiteCard
+from dde_bench.data.suite import image_processor_for, load_suite_data
 from dde_bench.errors import UserError
+from dde_bench.evaluation import evaluate
 from dde_bench.modeling.checkpoint import load_state_checked, load_student, load_teacher, save_model
 from dde_bench.modeling.config import size_config
-from dde_bench.modeling.models import Student, Teacher, num_images
+from dde_bench.modeling.models import Student, Teacher
+from dde_bench.tasks import TRAIN_SPLIT, num_images
 from dde_bench.training.losses import cross_modal_attention_loss, soft_label_loss, task_loss
 from dde_bench.training.pretrain import CaptionDataset, PretrainHeads
 
@@ -79,7 +83,7 @@ class TrainConfig:
     """Everything one training stage depends on (recorded in the checkpoint's meta)."""
 
     kind: str  # teacher | student
-    suite: dict  # the suite card (name, task, data, eval_split)
+    suite: SuiteCard  # the suite: task, data, eval split
     out: str
     stage: str = "finetune"  # finetune | pretrain
     size: str = "tiny"
@@ -109,12 +113,22 @@ class TrainConfig:
     stop_after: int | None = None  # stop (state saved) after this many steps, as an interruption would
     itm_hard: float = 0.0  # pre-training: share of ITM negatives that are minimal-edit false captions
 
+    def __post_init__(self) -> None:
+        self.suite = SuiteCard.of(self.suite)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            **d,
+            "optim": asdict(self.optim),
+            "weights": asdict(self.weights),
+            "suite": self.suite.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
+        d["suite"] = SuiteCard.from_dict(d["suite"], where="training config: suite")
         d["optim"] = OptimConfig(
             **{**d.get("optim", {}), "betas": tuple(d.get("optim", {}).get("betas", (0.9, 0.98)))}
         )
@@ -147,64 +161,6 @@ def init_distributed(device: torch.device) -> Dist:
 
 
 # --- data ------------------------------------------------------------------------------------------------
-
-
-def image_processor_for(cfg):
-    """The image sizes a model config implies: tiny worlds at their native size, paper sizes ViLT's resize."""
-    from dde_bench.data.images import ImageProcessor
-
-    if cfg.image_size <= 128:
-        return ImageProcessor(cfg.image_size, cfg.image_size, cfg.patch_size)
-    return ImageProcessor.vilt(cfg.image_size, cfg.patch_size)
-
-
-def load_text_tokenizer(data_dir: Path):
-    """The suite's WordPiece tokenizer (``data.load_tokenizer`` checks that it holds the whole vocab.txt)."""
-    from dde_bench.data import load_tokenizer
-
-    return load_tokenizer(data_dir)
-
-
-def suite_task(suite: dict) -> str:
-    return str(suite.get("task", suite.get("name")))
-
-
-def load_task_data(
-    suite: dict, cache_root: Path, model_cfg, splits: tuple[str, ...], limits=(), progress=False
-):
-    """(data_dir, tokenizer, {split: TaskDataset}, answer_vocab) for a suite."""
-    from dde_bench.data import TaskDataset, build_vqa_answer_vocab, ensure_data, load_split
-
-    task = suite_task(suite)
-    data_dir = ensure_data(suite, Path(cache_root), progress=progress)
-    tok = load_text_tokenizer(data_dir)
-    if len(tok) > model_cfg.vocab_size:
-        raise UserError(
-            f"{data_dir}/vocab.txt has {len(tok)} tokens but the model's vocabulary holds {model_cfg.vocab_size}"
-        )
-    answer_vocab = None
-    opts = {}
-    if task == "vqa":
-        answer_vocab = build_vqa_answer_vocab(data_dir, ("train2014",), int(suite.get("answer_min_count", 1)))
-        opts["answer_vocab"] = answer_vocab
-    proc = image_processor_for(model_cfg)
-    out = {}
-    for i, split in enumerate(splits):
-        examples = load_split(task, data_dir, split, **opts)
-        limit = limits[i] if i < len(limits) else None
-        if limit is not None:
-            examples = examples[:limit]
-        if not examples:
-            raise UserError(f"{data_dir}: split {split!r} has no examples")
-        out[split] = TaskDataset(
-            task,
-            examples,
-            tok,
-            proc,
-            model_cfg.max_text_len,
-            answer_vocab=answer_vocab,
-        )
-    return data_dir, tok, out, answer_vocab
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -412,53 +368,6 @@ def lr_lambda(total: int, warmup_ratio: float):
     return f
 
 
-# --- evaluation -------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict(
-    model: Teacher | Student, dataset, device: torch.device, batch_size: int = 64, amp=None
-) -> list[int]:
-    """The predicted class (answer index for VQA) of every example of ``dataset``, in order."""
-    was_training = model.training
-    model.eval()
-    preds: list[int] = []
-    for batch in dataset.batches(batch_size):
-        b = to_device(batch, device)
-        with amp() if amp else nullcontext():
-            logits = model(b["input_ids"], b["attention_mask"], b["pixel_values"], b.get("pixel_mask"))
-        preds += logits.float().argmax(-1).tolist()
-    model.train(was_training)
-    return preds
-
-
-def example_scores(dataset, preds: list[int]) -> list[float]:
-    """Per-example score in [0, 1]: VQA's leave-one-out accuracy of the answer, else 1 if the class is right."""
-    from dde_bench.metrics import vqa_accuracy
-
-    if dataset.task == "vqa":
-        vocab = dataset.answer_vocab
-        return [vqa_accuracy(vocab[p], e.answers or []) for p, e in zip(preds, dataset.examples, strict=True)]
-    return [float(p == e.label) for p, e in zip(preds, dataset.examples, strict=True)]
-
-
-def evaluate(model: Teacher | Student, dataset, device: torch.device, batch_size: int = 64, amp=None) -> dict:
-    """The task's official metric on ``dataset``: NLVR2 accuracy + consistency, SNLI-VE accuracy, VQA accuracy
-    (leave-one-out over the 10 answers). Values in percent."""
-    from dde_bench.metrics import accuracy, nlvr2_metrics
-
-    preds = predict(model, dataset, device, batch_size, amp)
-    task = dataset.task
-    if task == "vqa":
-        scores = example_scores(dataset, preds)
-        return {"accuracy": 100.0 * sum(scores) / max(len(scores), 1)}
-    labels = [e.label for e in dataset.examples]
-    if task == "nlvr2":
-        m = nlvr2_metrics([e.id for e in dataset.examples], preds, labels)
-        return {k: 100.0 * v for k, v in m.items()}
-    return {"accuracy": 100.0 * accuracy(preds, labels)}
-
-
 # --- building the models ------------------------------------------------------------------------------------
 
 
@@ -602,41 +511,29 @@ def _train(cfg: TrainConfig) -> Path:
     precision, amp = _autocast(device, cfg.precision)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    task = suite_task(cfg.suite)
+    task = cfg.suite.task
     vl = size_config(cfg.size)
 
-    # data
+    # data: the task's splits (fine-tuning) or the caption pool (pre-training); the VQA answers either way, since
+    # the model's head has one output per answer
+    eval_split = cfg.suite.split
+    splits = (TRAIN_SPLIT[task], eval_split) if cfg.stage == "finetune" else ()
+    data = load_suite_data(
+        cfg.suite,
+        Path(cfg.cache_root),
+        vl,
+        splits,
+        (cfg.train_limit, cfg.eval_limit),
+        progress=cfg.progress and d.main,
+    )
+    tok, answer_vocab, num_labels = data.tokenizer, data.answer_vocab, data.num_labels
     if cfg.stage == "finetune":
-        from dde_bench.data import TRAIN_SPLIT, suite_eval_split
-
-        eval_split = suite_eval_split(cfg.suite)
-
-        data_dir, tok, sets, answer_vocab = load_task_data(
-            cfg.suite,
-            Path(cfg.cache_root),
-            vl,
-            (TRAIN_SPLIT[task], eval_split),
-            (cfg.train_limit, cfg.eval_limit),
-            progress=cfg.progress and d.main,
-        )
-        train_set, eval_set = sets[TRAIN_SPLIT[task]], sets[eval_split]
-        num_labels = len(answer_vocab) if answer_vocab else None
+        train_set, eval_set = data.datasets[TRAIN_SPLIT[task]], data.datasets[eval_split]
     else:
-        from dde_bench.data import ensure_data
-
-        data_dir = ensure_data(cfg.suite, Path(cfg.cache_root), progress=cfg.progress and d.main)
-        tok = load_text_tokenizer(data_dir)
         train_set = CaptionDataset(
-            data_dir, tok, image_processor_for(vl), vl.max_text_len, limit=cfg.train_limit
+            data.data_dir, tok, image_processor_for(vl), vl.max_text_len, limit=cfg.train_limit
         )
-        eval_set, eval_split, answer_vocab, num_labels = None, None, None, None
-        if task == "vqa":  # the task head is not trained here, but the model needs its size
-            from dde_bench.data import build_vqa_answer_vocab
-
-            answer_vocab = build_vqa_answer_vocab(
-                data_dir, ("train2014",), int(cfg.suite.get("answer_min_count", 1))
-            )
-            num_labels = len(answer_vocab)
+        eval_set, eval_split = None, None
 
     # models
     teacher = None
@@ -795,7 +692,7 @@ def _train(cfg: TrainConfig) -> Path:
                 and done % cfg.eval_every == 0
                 and done < cfg.steps
             ):
-                metrics = evaluate(model, eval_set, device, amp=amp)
+                metrics = evaluate(model, eval_set, device, amp=amp).percent()
                 log(done, "eval", metrics)
                 if bar is not None:
                     bar.write(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
@@ -812,7 +709,7 @@ def _train(cfg: TrainConfig) -> Path:
         return out
     if d.main:
         if eval_set is not None:
-            metrics = evaluate(model, eval_set, device, amp=amp)
+            metrics = evaluate(model, eval_set, device, amp=amp).percent()
             log(step, "eval", metrics)
         meta = {
             "training": cfg.to_dict(),
@@ -823,7 +720,7 @@ def _train(cfg: TrainConfig) -> Path:
             "train_seconds": round(time.time() - t0, 1),
             "world_size": d.world,
             "precision": precision,
-            "data_dir": str(data_dir),
+            "data_dir": str(data.data_dir),
         }
         save_model(model, out, meta)
         if cfg.stage == "pretrain":

@@ -24,30 +24,30 @@ from dde_bench.errors import UserError
 cache_app = typer.Typer(help="Image-feature stores on disk: build them from a suite, inspect them.")
 
 
-def _student(suite, model: str, cfg, device, console):
-    """A student from a model card (as `dde-bench run` builds it) or from a checkpoint folder."""
-    from dde_bench.bench.runner import build_entries
+def _student(workload, model: str, seed: int, device, console):
+    """A student from a model card (as `dde-bench run` builds it, trained with the quick recipe where its card says
+    so) or from a checkpoint folder."""
+    from dde_bench import paths
+    from dde_bench.bench.workload import build_entries
+    from dde_bench.cards import load_model_card
     from dde_bench.modeling.checkpoint import load_student
     from dde_bench.resources import list_names
+    from dde_bench.training import trained_resolver
 
     if model in list_names("models"):
-        from dde_bench.resources import model_card
-
-        kind = model_card(model).get("kind")
-        if kind != "student":
-            raise UserError(f"model card {model!r} is a {kind}; only students have an image cache")
-        entry = build_entries(suite, [model], cfg, device, console)[0]
-        if entry.kind != "student":
-            raise UserError(f"model card {model!r} is a {entry.kind}; only students have an image cache")
-        return entry.model
+        card = load_model_card(model)
+        if card.kind != "student":
+            raise UserError(f"{card.where}: a {card.kind}; only students have an image cache")
+        resolve = trained_resolver(paths.cache_root())
+        return build_entries(workload, [model], device, seed, resolve, console)[0].model
     path = Path(model).expanduser()
     if not path.exists():
         raise UserError(
             f"{model}: neither a model card ({', '.join(list_names('models'))}) nor a checkpoint folder"
         )
     student = load_student(path)
-    if student.task != suite.task:
-        raise UserError(f"{path}: a {student.task} student cannot cache suite {suite.card['name']}")
+    if student.task != workload.task:
+        raise UserError(f"{path}: a {student.task} student cannot cache suite {workload.card.name}")
     return student.to(device).eval()
 
 
@@ -71,19 +71,20 @@ def build_cmd(
     Image j is the j-th example of the evaluation split (an NLVR2 example stores its image pair).
     Under torchrun (RANK, WORLD_SIZE set) each rank builds its share of the shards; --nproc N launches N such
     processes here. The result is byte-identical to a one-process build."""
+    from dde_bench import paths
     from dde_bench.bench.featurestore import build_store
-    from dde_bench.bench.runner import RunConfig, Suite
+    from dde_bench.bench.workload import Workload
+    from dde_bench.cards import load_suite
     from dde_bench.env import resolve_device
-    from dde_bench.resources import suite_card
 
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # data and (quick-recipe) checkpoints are prepared once here, not raced for by the ranks
-        cfg = RunConfig(suite=suite, device=device, seed=seed, report=False)
         console = Console(stderr=True)
-        _student(Suite(suite_card(suite), cfg, console), model, cfg, resolve_device(device), console)
+        workload = Workload(load_suite(suite, check_models=False), paths.cache_root(), console)
+        _student(workload, model, seed, resolve_device(device), console)
         args = ["--suite", suite, "--model", model, "--out", str(out), "--kind", kind]
         args += ["--shard-size", str(shard_size), "--batch-size", str(batch_size), "--device", device]
         args += ["--seed", str(seed), "--resume" if resume else "--no-resume"]
@@ -100,13 +101,11 @@ def build_cmd(
         import torch
 
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    card = suite_card(suite)
-    cfg = RunConfig(suite=suite, device=str(dev), seed=seed, report=False)
-    s = Suite(card, cfg, console)
-    student = _student(s, model, cfg, dev, console)
+    workload = Workload(load_suite(suite, check_models=False), paths.cache_root(), console)
+    student = _student(workload, model, seed, dev, console)
     build_store(
         student,
-        s.dataset,
+        workload.dataset,
         out,
         shard_size=shard_size,
         kind=kind,

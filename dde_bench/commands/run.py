@@ -1,4 +1,5 @@
-"""`dde-bench run`: the benchmark harness's command (a thin layer over dde_bench.bench.runner)."""
+"""`dde-bench run`: the benchmark harness's command. It wires three areas: the trainer supplies the checkpoints of
+`weights: trained` cards, the harness (dde_bench.bench.runner) measures, the report renders the run folder."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ def _names(s: str | None) -> list[str] | None:
 
 def run_cmd(
     suite: str = typer.Option(
-        "nlvr2", "--suite", "-s", help="suite name (see `dde-bench list`): nlvr2, vqa, snli-ve"
+        "nlvr2",
+        "--suite",
+        "-s",
+        help="suite name (see `dde-bench list`: nlvr2, vqa, snli-ve, ...) or a YAML file",
     ),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, or cuda[:N]"),
     models: str = typer.Option(None, help="comma-separated model cards (default: the suite's list)"),
@@ -37,7 +41,9 @@ def run_cmd(
     scenarios: str = typer.Option(None, help="comma-separated: online, cached, gallery (default: all)"),
     dtype: str = typer.Option(None, "--dtype", help="comma-separated: fp32, bf16, fp16 (fp16 on CUDA only)"),
     gallery_sizes: str = typer.Option(None, "--gallery-sizes", help="comma-separated gallery sizes N"),
-    out: Path = typer.Option(None, help="run folder (default: reports/runs/<suite>-<device>-<time>)"),
+    out: Path = typer.Option(
+        None, help="run folder (default: ./reports/runs/<suite>-<device>-<time>, or under $DDE_BENCH_HOME)"
+    ),
     quick: bool = typer.Option(
         False, help="tiny models only, batch sizes 1 and 8, shorter timing: for tests and smoke runs"
     ),
@@ -71,6 +77,7 @@ def run_cmd(
     RUN/results.jsonl and results.csv as they are measured; Ctrl-C keeps them and --resume skips them.
     """
     from dde_bench.bench.runner import RunConfig, Runner
+    from dde_bench.training import trained_resolver
 
     if resume and out is None:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
@@ -89,8 +96,12 @@ def run_cmd(
         seed=seed,
         min_time_s=min_time,
         min_iters=min_iters,
-        report=report,
         compile=compile_backend if compile else None,
         keep_stores=keep_stores,
     )
-    Runner(cfg).run()
+    runner = Runner(cfg, resolve_trained=trained_resolver(cfg.cache_root))
+    run_dir = runner.run()
+    if report:
+        from dde_bench.report.render import render_report
+
+        runner.console.print(f"[bold]report[/]: {render_report([run_dir], run_dir / 'report')}")

@@ -1,0 +1,302 @@
+"""Suite and model cards: the YAML files of ``suites/`` and ``models/``, read once and validated.
+
+A card is a frozen pydantic model. Every setting has one home and one default, here; the rest of the code reads
+typed attributes (``suite.data.answer_min_count``), never ``dict.get`` with a local default. An unknown key (with
+a "did you mean"), a wrong type, a missing required field or an unknown model name is one :class:`UserError`
+line naming the file and the key, before any work starts.
+
+``card.raw`` keeps the mapping exactly as written (no defaults filled in): the training cache keys hash it, so a
+default added here later does not retrain every cached checkpoint. ``card.to_dict()`` is the full card with its
+defaults, which is what ``run.json`` and checkpoints record.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+
+from dde_bench.errors import UserError
+from dde_bench.resources import list_names, load_yaml, models_dir, suites_dir
+from dde_bench.tasks import DEFAULT_EVAL_SPLIT, SPLITS, TASKS
+
+Task = Literal["nlvr2", "vqa", "snli-ve"]
+Dtype = Literal["fp32", "bf16", "fp16"]
+Kind = Literal["teacher", "student", "hf-vilt"]
+
+
+class _Card(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataCard(_Card):
+    """Where a suite's data comes from."""
+
+    source: Literal["synthetic", "dir"] = "synthetic"
+    # a folder in the dataset's official layout; setting it implies source: dir
+    data_dir: str | None = None
+    # the synthetic world's settings (split sizes, seed, families, colours, shapes, objects, ...): checked by the
+    # generator (dde_bench.data.synth), which knows its own vocabulary
+    synth: dict[str, Any] = Field(default_factory=dict)
+    # VQA: answers whose normalised multiple_choice_answer occurs at least this often in the training split form the
+    # answer vocabulary (9 gives ViLT's 3,129 answers on the real train2014 + val2014); one setting for training and
+    # the harness
+    answer_min_count: PositiveInt = 9
+
+    @property
+    def synthetic(self) -> bool:
+        return not (self.data_dir or self.source == "dir")
+
+
+class SuiteCard(_Card):
+    """One suite: a task, its data, the models compared and what is measured."""
+
+    name: str
+    task: Task
+    description: str = ""
+    data: DataCard = Field(default_factory=DataCard)
+    eval_split: str | None = None  # default: the task's evaluation split (dev / val2014)
+    models: list[str] = Field(default_factory=list)
+    # validated against the harness's scenario registry when a run starts (dde_bench.bench.scenarios)
+    scenarios: list[str] = Field(default_factory=lambda: ["online", "cached", "gallery"])
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 8, 32])
+    dtypes: list[Dtype] = Field(default_factory=lambda: ["fp32"])
+    gallery_sizes: list[PositiveInt] | None = None  # default: the harness's sweep
+    # the teacher's gallery query costs N joint passes: sizes whose estimated query time exceeds this budget are
+    # recorded as not measured (with the estimate) instead of stalling the run; default 3 s (0.5 s with --quick)
+    teacher_gallery_budget_s: PositiveFloat | None = None
+
+    _raw: dict = PrivateAttr(default_factory=dict)
+    _path: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self) -> SuiteCard:
+        if self.eval_split is not None and self.eval_split not in SPLITS[self.task]:
+            raise ValueError(
+                f"eval_split: {self.eval_split!r} is not a {self.task} split ({', '.join(SPLITS[self.task])})"
+            )
+        if self.data.source == "dir" and not self.data.data_dir:
+            raise ValueError("data.data_dir: required when data.source is 'dir'")
+        return self
+
+    @property
+    def raw(self) -> dict:
+        return self._raw
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def where(self) -> str:
+        """How messages name this card: its file, else its name."""
+        return str(self._path) if self._path else f"suite {self.name!r}"
+
+    @property
+    def split(self) -> str:
+        """The split this suite evaluates on."""
+        return self.eval_split or DEFAULT_EVAL_SPLIT[self.task]
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def of(cls, card: SuiteCard | dict) -> SuiteCard:
+        """A card as it is, or validated from a mapping (library callers may pass either)."""
+        return card if isinstance(card, SuiteCard) else cls.from_dict(card)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "suite card", path: Path | None = None) -> SuiteCard:
+        """Validate a mapping (a YAML file's content, or a card recorded in a checkpoint)."""
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: expected a mapping at the top level")
+        d = dict(data)
+        if path is not None:
+            d.setdefault("name", path.stem)
+        if "task" not in d and d.get("name") in TASKS:
+            d["task"] = d["name"]  # suites named after their task may leave it out
+        card = _validate(cls, d, where)
+        card._raw = dict(data)
+        card._path = path
+        return card
+
+
+class DistillCard(_Card):
+    """Loss weights a trained student card is distilled with (the released DiDE code: soft + attention, no GT)."""
+
+    ground_truth: float = 0.0
+    soft: float = 1.0
+    attention: float = 1.0
+    temperature: PositiveFloat = 1.0
+
+
+class ModelCard(_Card):
+    """One named model: its kind and size, and where its weights come from."""
+
+    name: str
+    kind: Kind
+    size: str = "tiny"
+    description: str = ""
+    # trained: the quick recipe on the suite (cached); random: speed only, accuracy n/a; else a checkpoint path
+    # (dde-bench, or a transformers ViLT folder saved with save_pretrained)
+    weights: str = "random"
+    teacher: str | None = None  # student: the teacher card it is measured against (and trained from)
+    same_weights_as: str | None = (
+        None  # hf-vilt: the teacher card whose weights transformers' ViltModel carries
+    )
+    distill: DistillCard = Field(default_factory=DistillCard)
+    pretrain_distill: bool = False  # trained students: add the pre-training distillation stage
+    seed: int = 0  # seeds the training of a trained card
+    # overrides of the run's settings for this model (slow paper-size models)
+    batch_sizes: list[PositiveInt] | None = None
+    min_iters: PositiveInt | None = None
+    gallery_sizes: list[PositiveInt] | None = None
+
+    _raw: dict = PrivateAttr(default_factory=dict)
+    _path: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelCard:
+        from dde_bench.modeling.config import SIZES
+
+        if self.size not in SIZES:
+            raise ValueError(f"size: unknown size {self.size!r}; known: {', '.join(SIZES)}")
+        if self.kind == "hf-vilt" and not self.same_weights_as:
+            raise ValueError("same_weights_as: required for an hf-vilt reference card")
+        return self
+
+    @property
+    def raw(self) -> dict:
+        return self._raw
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def where(self) -> str:
+        return str(self._path) if self._path else f"model card {self.name!r}"
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights == "random"
+
+    @property
+    def speed_only(self) -> bool:
+        """Random weights at paper size: measured on random inputs of paper shape, accuracy n/a."""
+        return self.random_weights and self.size != "tiny"
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def of(cls, card: ModelCard | dict) -> ModelCard:
+        """A card as it is, or validated from a mapping (library callers may pass either)."""
+        return card if isinstance(card, ModelCard) else cls.from_dict(card)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "model card", path: Path | None = None) -> ModelCard:
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: expected a mapping at the top level")
+        d = dict(data)
+        if path is not None:
+            d.setdefault("name", path.stem)
+        if d.get("kind") != "student" and "distill" in d:
+            raise UserError(f"{where}: distill: only a student card has distillation weights")
+        card = _validate(cls, d, where)
+        card._raw = dict(data)
+        card._path = path
+        return card
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed at ``loc`` (for "did you mean")."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _validate(cls: type[_Card], data: dict, where: str):
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = tuple(err.get("loc", ()))
+        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+        if err["type"] == "extra_forbidden":
+            known = _field_names(cls, loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise UserError(f"{where}: {key}: unknown key{hint}") from None
+        if err["type"] == "missing":
+            raise UserError(f"{where}: {key}: required") from None
+        msg = err["msg"]
+        if err["type"] in ("model_type", "dict_type"):
+            msg = "expected a mapping"
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            raise UserError(f"{where}: {msg}") from None
+        got = err.get("input")
+        shown = repr(got) if not isinstance(got, dict) else "a mapping"
+        raise UserError(f"{where}: {key or 'card'}: {msg.lower()} (got {shown})") from None
+
+
+def _resolve(kind: str, name_or_path: str | Path) -> Path:
+    """A card name (looked up in suites/ or models/) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise UserError(f"{p}: no such {kind[:-1]} file")
+        return p
+    folder = suites_dir() if kind == "suites" else models_dir()
+    path = folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        what = "suite" if kind == "suites" else "model"
+        known = list_names(kind)
+        close = difflib.get_close_matches(str(name_or_path), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"unknown {what} {str(name_or_path)!r}; {hint}known: {', '.join(known)}")
+    return path
+
+
+def load_model_card(name_or_path: str | Path) -> ModelCard:
+    """A model card by name (``models/NAME.yaml``) or path."""
+    path = _resolve("models", name_or_path)
+    return ModelCard.from_dict(load_yaml(path), where=str(path), path=path)
+
+
+def load_suite(name_or_path: str | Path, check_models: bool = True) -> SuiteCard:
+    """A suite card by name (``suites/NAME.yaml``) or path. With ``check_models`` every model it names must have a
+    valid card (one line naming the suite file, the key and the model otherwise)."""
+    path = _resolve("suites", name_or_path)
+    card = SuiteCard.from_dict(load_yaml(path), where=str(path), path=path)
+    if check_models:
+        check_model_names(card.models, where=f"{path}: models")
+    return card
+
+
+def check_model_names(names, where: str) -> list[ModelCard]:
+    """Load the cards of ``names``; an unknown name is one line naming ``where`` and the name."""
+    cards = []
+    for i, n in enumerate(names):
+        try:
+            cards.append(load_model_card(n))
+        except UserError as e:
+            raise UserError(f"{where}[{i}]: {e}") from None
+    return cards

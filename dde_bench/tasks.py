@@ -1,0 +1,30 @@
+"""The task table: the three understanding tasks and what each implies, in one place.
+
+Everything else (readers, models, the harness, training) looks a task's facts up here instead of re-deriving them.
+"""
+
+from __future__ import annotations
+
+TASKS = ("nlvr2", "vqa", "snli-ve")
+
+# every split of a task's official layout; the first is the training split, the second the default evaluation split
+SPLITS: dict[str, tuple[str, ...]] = {
+    "nlvr2": ("train", "dev", "test1"),
+    "vqa": ("train2014", "val2014"),
+    "snli-ve": ("train", "dev", "test"),
+}
+TRAIN_SPLIT = {task: splits[0] for task, splits in SPLITS.items()}
+DEFAULT_EVAL_SPLIT = {task: splits[1] for task, splits in SPLITS.items()}
+
+# classes of the fixed-size heads (VQA's head has one output per answer of its answer vocabulary)
+NUM_LABELS = {"nlvr2": 2, "snli-ve": 3}
+# the real VQA v2 answer vocabulary's size (answers occurring >= 9 times, ViLT): paper-size random-weight heads
+VQA_PAPER_NUM_ANSWERS = 3129
+
+# the class whose score ranks a gallery: NLVR2 True, SNLI-VE entailment, VQA the first (most frequent) answer
+GALLERY_LABEL = {"nlvr2": 1, "snli-ve": 0, "vqa": 0}
+
+
+def num_images(task: str) -> int:
+    """Images per example: NLVR2 pairs two images with one statement; VQA and SNLI-VE have one."""
+    return 2 if task == "nlvr2" else 1
