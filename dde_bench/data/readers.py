@@ -200,9 +200,9 @@ def check_images(examples: Sequence[Example], decode: bool = False, bad: BadImag
             from dde_bench.data.images import ImageError, decode_rgb
 
             try:
-                if not p.is_file():
+                if not p.exists():
                     raise ImageError(p, "no such file", missing=True)
-                decode_rgb(p)
+                decode_rgb(p)  # also what names a folder standing where the image should be
             except ImageError as e:
                 if bad is not None:
                     bad.add(e)
