@@ -352,7 +352,7 @@ def _drop(path: list) -> Callable[[dict], None]:
 VQA_CASES = {
     "questions-file-is-a-list": (
         _vqa_json(VQ, lambda o: o["questions"]),
-        [VQ, "expected a JSON object with a 'questions' list, got a list"],
+        [VQ, "expected a JSON object holding the 'questions' list, got a list"],
     ),
     "questions-is-an-object": (
         _vqa_json(VQ, _set(["questions"], {"0": 1})),
@@ -385,7 +385,7 @@ VQA_CASES = {
     "empty-questions": (_vqa_json(VQ, _set(["questions"], [])), [VQ, "'questions' is empty"]),
     "annotations-file-is-a-list": (
         _vqa_json(VA, lambda o: o["annotations"]),
-        [VA, "expected a JSON object with a 'annotations' list, got a list"],
+        [VA, "expected a JSON object holding the 'annotations' list, got a list"],
     ),
     "missing-annotations-key": (_vqa_json(VA, _drop(["annotations"])), [VA, "missing field 'annotations'"]),
     "answers-not-a-list": (

@@ -78,7 +78,11 @@ def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
 
 
 def decode_rgb(path: Path | str) -> Image.Image:
-    """Decode one image file fully into an RGB PIL image; any failure is an :class:`ImageError` naming it."""
+    """Decode one image file fully into an RGB PIL image; any failure is an :class:`ImageError` naming it.
+
+    PIL's decompression-bomb warning is turned into an error with ``warnings.catch_warnings``, which changes the
+    process's warning filters for the call: decode in worker processes (a DataLoader), not in threads.
+    """
     path = Path(path)
     try:
         if path.stat().st_size == 0:

@@ -279,7 +279,7 @@ def _records(path: Path, key: str) -> list[dict]:
     """The list under ``key`` of an official VQA file, every entry an object."""
     obj = load_json(path)
     if not isinstance(obj, dict):
-        raise UserError(f"{path}: expected a JSON object with a {key!r} list, got {_json_type(obj)}")
+        raise UserError(f"{path}: expected a JSON object holding the {key!r} list, got {_json_type(obj)}")
     records = _field(obj, key, str(path))
     if not isinstance(records, list):
         raise UserError(f"{path}: {key!r} must be a list, got {_json_type(records)}")
