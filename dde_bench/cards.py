@@ -29,7 +29,7 @@ from pydantic import (
 
 from dde_bench.errors import UserError
 from dde_bench.resources import list_names, load_yaml, models_dir, suites_dir
-from dde_bench.tasks import DEFAULT_EVAL_SPLIT, SPLITS, TASKS
+from dde_bench.tasks import DEFAULT_EVAL_SPLIT, SPLITS, TASKS, VQA_ANSWER_MIN_COUNT
 
 Task = Literal["nlvr2", "vqa", "snli-ve"]
 Dtype = Literal["fp32", "bf16", "fp16"]
@@ -50,9 +50,8 @@ class DataCard(_Card):
     # generator (dde_bench.data.synth), which knows its own vocabulary
     synth: dict[str, Any] = Field(default_factory=dict)
     # VQA: answers whose normalised multiple_choice_answer occurs at least this often in the training split form the
-    # answer vocabulary (9 gives ViLT's 3,129 answers on the real train2014 + val2014); one setting for training and
-    # the harness
-    answer_min_count: PositiveInt = 9
+    # answer vocabulary; one setting for training and the harness (default: tasks.VQA_ANSWER_MIN_COUNT)
+    answer_min_count: PositiveInt = VQA_ANSWER_MIN_COUNT
 
     @property
     def synthetic(self) -> bool:

@@ -18,6 +18,9 @@ DEFAULT_EVAL_SPLIT = {task: splits[1] for task, splits in SPLITS.items()}
 
 # classes of the fixed-size heads (VQA's head has one output per answer of its answer vocabulary)
 NUM_LABELS = {"nlvr2": 2, "snli-ve": 3}
+# VQA's answer vocabulary: answers whose normalised multiple_choice_answer occurs at least this often in the training
+# split (9 gives ViLT's 3,129 answers on the real train2014 + val2014); a suite sets its own (data.answer_min_count)
+VQA_ANSWER_MIN_COUNT = 9
 # the real VQA v2 answer vocabulary's size (answers occurring >= 9 times, ViLT): paper-size random-weight heads
 VQA_PAPER_NUM_ANSWERS = 3129
 

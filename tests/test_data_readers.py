@@ -178,7 +178,7 @@ def _bad_nlvr2(tmp_path: Path, mutate) -> Path:
             lambda d: (d / "train.json").write_text(
                 json.dumps(_nlvr2_row("train-1-0-0", "True", "../../etc")) + "\n"
             ),
-            ["train.json:1", "escapes the data folder"],
+            ["train.json:1", "'directory' '../../etc' is not a plain file or folder name"],
         ),
     ],
     ids=[

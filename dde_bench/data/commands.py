@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import typer
 
-from dde_bench.data.readers import SPLITS, check_images, load_split, vqa_paths
+from dde_bench.data.readers import SPLITS, TRAIN_SPLIT, check_images, load_split, vqa_answer_counts, vqa_paths
 from dde_bench.errors import UserError
 
 data_app = typer.Typer(help="Check dataset folders and generate the synthetic world.", no_args_is_help=True)
@@ -40,27 +41,75 @@ def parse_sizes(text: str | None) -> dict[str, int] | None:
     return out
 
 
+ANSWER_COUNT_THRESHOLDS = (1, 3, 9)
+
+
+def answer_count_line(split: str, counts: Counter[str], min_count: int) -> str:
+    """One line of VQA answer counts: distinct answers, how many occur >= each threshold, the vocabulary."""
+    thresholds = sorted({*ANSWER_COUNT_THRESHOLDS, min_count})
+    at = ", ".join(f">= {t}: {sum(c >= t for c in counts.values())}" for t in thresholds)
+    vocab = [a for a, c in counts.items() if c >= min_count]
+    covered = sum(counts[a] for a in vocab)
+    total = sum(counts.values())
+    share = f"{100 * covered / total:.1f}%" if total else "n/a"
+    return (
+        f"vqa {split} answers (normalised multiple_choice_answer): {len(counts)} distinct; {at}; "
+        f"vocabulary at --answer-min-count {min_count}: {len(vocab)} answers covering {share} of {total} questions"
+    )
+
+
 @data_app.command("validate")
 def validate_cmd(
     suite: str = typer.Option(..., help="nlvr2, vqa or snli-ve"),
     data_dir: Path = typer.Option(..., "--data-dir", help="folder in the dataset's original layout"),
-    decode: bool = typer.Option(False, help="also decode every image (slower)"),
+    decode: bool = typer.Option(False, help="also decode every image fully (slower)"),
     answer_min_count: int = typer.Option(
-        9, help="VQA: answers kept in the vocabulary need this many questions"
+        9, min=1, help="VQA: report the vocabulary of answers that occur this many times"
+    ),
+    skip_bad_images: bool = typer.Option(
+        False,
+        help="list every missing or undecodable image (implies --decode) instead of stopping at the first",
     ),
 ) -> None:
-    """Read every split of a data folder; print examples and images per split; one-line error if anything is off."""
+    """Read every split of a data folder and check its format; print examples and images per split and, for
+    VQA, the answer counts. A malformed file or image is a one-line error; an empty VQA answer vocabulary is only
+    a warning here (training needs one)."""
     if suite not in SPLITS:
         raise UserError(f"--suite: unknown suite {suite!r}; known: {', '.join(SPLITS)}")
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: no such data folder")
+    bad = None
+    if skip_bad_images:
+        from dde_bench.data.images import BadImages
+
+        bad = BadImages()
     found = 0
     for split in SPLITS[suite]:
-        exs = load_split(suite, data_dir, split, answer_min_count=answer_min_count)
-        n_img = check_images(exs, decode=decode)
+        exs = load_split(suite, data_dir, split, vqa_targets=False)
+        n_bad = len(bad) if bad is not None else 0
+        n_img = check_images(exs, decode=decode or bad is not None, bad=bad)
         labelled = sum(e.label is not None or e.answers is not None for e in exs)
-        typer.echo(f"{suite} {split}: {len(exs)} examples ({labelled} labelled), {n_img} images found")
+        line = f"{suite} {split}: {len(exs)} examples ({labelled} labelled), {n_img} images found"
+        if bad is not None:
+            line += f", {len(bad) - n_bad} bad"
+        typer.echo(line)
+        if suite == "vqa" and vqa_paths(data_dir, split)[1].exists():
+            counts = vqa_answer_counts(data_dir, (split,))
+            typer.echo(answer_count_line(split, counts, answer_min_count))
+            if split == TRAIN_SPLIT[suite] and not any(c >= answer_min_count for c in counts.values()):
+                typer.echo(
+                    f"warning: no VQA answer occurs {answer_min_count} times in {split}: training needs a lower "
+                    f"answer_min_count in the suite (or more data)",
+                    err=True,
+                )
         found += 1
+    if bad:
+        for path, reason in bad.reasons.items():
+            typer.echo(f"bad image: {path}: {reason}", err=True)
+        typer.echo(
+            f"warning: {len(bad)} bad images (listed above)",
+            err=True,
+        )
     typer.echo(f"{data_dir}: ok ({found} splits)")
 
 

@@ -76,6 +76,16 @@ def _none_if_nan(v: Any) -> Any:
     return v
 
 
+def _read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file; other bytes are a UserError naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Read ``run_dir``'s run.json and results.jsonl.
 
@@ -92,7 +102,7 @@ def load_run(run_dir: str | Path) -> Run:
         if not p.is_file():
             raise UserError(f"{p}: missing (a run folder holds run.json and results.jsonl)")
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info = json.loads(_read_utf8(info_path))
     except json.JSONDecodeError as e:
         raise UserError(f"{info_path}: malformed JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(info, dict):
@@ -100,7 +110,7 @@ def load_run(run_dir: str | Path) -> Run:
 
     records: list[dict[str, Any]] = []
     raw: dict[RowKey, list[float]] = {}
-    lines = results_path.read_text(encoding="utf-8").split("\n")
+    lines = _read_utf8(results_path).split("\n")
     # the last non-empty line may be truncated by a killed writer
     last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     for i, line in enumerate(lines):
