@@ -110,6 +110,21 @@ class SuiteCard(_Card):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    def with_data_dir(self, data_dir: str | Path | None) -> SuiteCard:
+        """This suite on the dataset folder ``data_dir`` in its official layout (every command's ``--data-dir``);
+        the card itself when None."""
+        if data_dir is None:
+            return self
+        folder = str(Path(data_dir).expanduser())
+        data = self.data.model_copy(update={"source": "dir", "data_dir": folder})
+        card = self.model_copy(update={"data": data})
+        card._raw = {
+            **self._raw,
+            "data": {**(self._raw.get("data") or {}), "source": "dir", "data_dir": folder},
+        }
+        card._path = self._path
+        return card
+
     @classmethod
     def of(cls, card: SuiteCard | dict) -> SuiteCard:
         """A card as it is, or validated from a mapping (library callers may pass either)."""

@@ -46,6 +46,7 @@ class RunConfig:
 
     suite: str  # a suite name or a path to a suite YAML file
     device: str = "auto"
+    data_dir: Path | None = None  # the dataset folder (official layout) instead of the suite's own data
     models: list[str] | None = None  # model card names
     scenarios: list[str] | None = None
     batch_sizes: list[int] | None = None
@@ -75,7 +76,7 @@ def _check_names(given: list[str], known: list[str], what: str, where: str) -> l
 
 def plan_run(cfg: RunConfig) -> RunPlan:
     """Resolve ``cfg`` against its suite card. Every unknown name or bad value is one line before any work."""
-    card = load_suite(cfg.suite)
+    card = load_suite(cfg.suite).with_data_dir(cfg.data_dir)
     device = resolve_device(cfg.device)
     known = scenarios.names()
     if cfg.scenarios:

@@ -53,7 +53,12 @@ def _student(workload, model: str, seed: int, device, console):
 
 @cache_app.command("build")
 def build_cmd(
-    suite: str = typer.Option(..., "--suite", "-s", help="suite whose evaluation images are cached"),
+    suite: str = typer.Option(
+        ..., "--suite", "-s", help="suite (name or YAML file) whose evaluation images are cached"
+    ),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="dataset folder in its official layout (overrides the suite's data)"
+    ),
     model: str = typer.Option(..., "--model", "-m", help="student model card or checkpoint folder"),
     out: Path = typer.Option(..., "--out", help="store folder"),
     kind: str = typer.Option("pooled", help="pooled (image-tower output) or fusion (fusion-aware, 2x bytes)"),
@@ -83,11 +88,14 @@ def build_cmd(
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # data and (quick-recipe) checkpoints are prepared once here, not raced for by the ranks
         console = Console(stderr=True)
-        workload = Workload(load_suite(suite, check_models=False), paths.cache_root(), console)
+        workload = Workload(
+            load_suite(suite, check_models=False).with_data_dir(data_dir), paths.cache_root(), console
+        )
         _student(workload, model, seed, resolve_device(device), console)
         args = ["--suite", suite, "--model", model, "--out", str(out), "--kind", kind]
         args += ["--shard-size", str(shard_size), "--batch-size", str(batch_size), "--device", device]
         args += ["--seed", str(seed), "--resume" if resume else "--no-resume"]
+        args += ["--data-dir", str(data_dir)] if data_dir else []
         _launch(nproc, args)  # rank 0 prints the store's info
         return
     if world > 1:
@@ -101,7 +109,9 @@ def build_cmd(
         import torch
 
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    workload = Workload(load_suite(suite, check_models=False), paths.cache_root(), console)
+    workload = Workload(
+        load_suite(suite, check_models=False).with_data_dir(data_dir), paths.cache_root(), console
+    )
     student = _student(workload, model, seed, dev, console)
     build_store(
         student,

@@ -34,6 +34,9 @@ def run_cmd(
         help="suite name (see `dde-bench list`: nlvr2, vqa, snli-ve, ...) or a YAML file",
     ),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, or cuda[:N]"),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="dataset folder in its official layout (overrides the suite's data)"
+    ),
     models: str = typer.Option(None, help="comma-separated model cards (default: the suite's list)"),
     batch_sizes: str = typer.Option(
         None, "--batch-sizes", help="comma-separated batch sizes (default: the suite's)"
@@ -84,6 +87,7 @@ def run_cmd(
     cfg = RunConfig(
         suite=suite,
         device=device,
+        data_dir=data_dir,
         models=_names(models),
         scenarios=_names(scenarios),
         batch_sizes=_ints(batch_sizes, "--batch-sizes"),

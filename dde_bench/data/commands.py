@@ -60,11 +60,13 @@ def answer_count_line(split: str, counts: Counter[str], min_count: int) -> str:
 
 @data_app.command("validate")
 def validate_cmd(
-    suite: str = typer.Option(..., help="nlvr2, vqa or snli-ve"),
-    data_dir: Path = typer.Option(..., "--data-dir", help="folder in the dataset's original layout"),
+    suite: str = typer.Option(..., help="suite name (nlvr2, vqa, snli-ve, ...) or a suite YAML file"),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="folder in the dataset's original layout (default: the suite's data_dir)"
+    ),
     decode: bool = typer.Option(False, help="also decode every image fully (slower)"),
     answer_min_count: int = typer.Option(
-        9, min=1, help="VQA: report the vocabulary of answers that occur this many times"
+        None, help="VQA: report the vocabulary of answers that occur this many times (default: the suite's)"
     ),
     skip_bad_images: bool = typer.Option(
         False,
@@ -74,29 +76,40 @@ def validate_cmd(
     """Read every split of a data folder and check its format; print examples and images per split and, for
     VQA, the answer counts. A malformed file or image is a one-line error; an empty VQA answer vocabulary is only
     a warning here (training needs one)."""
-    if suite not in SPLITS:
-        raise UserError(f"--suite: unknown suite {suite!r}; known: {', '.join(SPLITS)}")
+    from dde_bench.cards import load_suite
+
+    card = load_suite(suite, check_models=False).with_data_dir(data_dir)
+    if card.data.synthetic:
+        raise UserError(
+            f"{card.where}: uses the synthetic world; give --data-dir DIR (a dataset folder) to validate"
+        )
+    data_dir = Path(card.data.data_dir)
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: no such data folder")
+    if answer_min_count is None:
+        answer_min_count = card.data.answer_min_count
+    elif answer_min_count < 1:
+        raise UserError(f"--answer-min-count must be at least 1, got {answer_min_count}")
+    task = card.task
     bad = None
     if skip_bad_images:
         from dde_bench.data.images import BadImages
 
         bad = BadImages()
     found = 0
-    for split in SPLITS[suite]:
-        exs = load_split(suite, data_dir, split, vqa_targets=False)
+    for split in SPLITS[task]:
+        exs = load_split(task, data_dir, split, vqa_targets=False)
         n_bad = len(bad) if bad is not None else 0
         n_img = check_images(exs, decode=decode or bad is not None, bad=bad)
         labelled = sum(e.label is not None or e.answers is not None for e in exs)
-        line = f"{suite} {split}: {len(exs)} examples ({labelled} labelled), {n_img} images found"
+        line = f"{task} {split}: {len(exs)} examples ({labelled} labelled), {n_img} images found"
         if bad is not None:
             line += f", {len(bad) - n_bad} bad"
         typer.echo(line)
-        if suite == "vqa" and vqa_paths(data_dir, split)[1].exists():
+        if task == "vqa" and vqa_paths(data_dir, split)[1].exists():
             counts = vqa_answer_counts(data_dir, (split,))
             typer.echo(answer_count_line(split, counts, answer_min_count))
-            if split == TRAIN_SPLIT[suite] and not any(c >= answer_min_count for c in counts.values()):
+            if split == TRAIN_SPLIT[task] and not any(c >= answer_min_count for c in counts.values()):
                 typer.echo(
                     f"warning: no VQA answer occurs {answer_min_count} times in {split}: training needs a lower "
                     f"answer_min_count in the suite (or more data)",

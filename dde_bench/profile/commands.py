@@ -8,7 +8,12 @@ import typer
 
 
 def profile_cmd(
-    suite: str = typer.Option("nlvr2", "--suite", "-s", help="suite name (see `dde-bench list`)"),
+    suite: str = typer.Option(
+        "nlvr2", "--suite", "-s", help="suite name (see `dde-bench list`) or YAML file"
+    ),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="dataset folder in its official layout (overrides the suite's data)"
+    ),
     model: str = typer.Option(..., "--model", "-m", help="model card, e.g. tiny-student, vilt-b32-teacher"),
     scenario: str = typer.Option(
         "online", help="online (raw images every call) or cached (student: text tower + fusion + head)"
@@ -21,7 +26,7 @@ def profile_cmd(
         False, "--memory", help="profile memory per operator; on CUDA also write an allocator snapshot"
     ),
     out: Path = typer.Option(
-        None, help="profile folder (default: reports/profiles/<suite>-<model>-<scenario>-b<batch>-<time>)"
+        None, help="profile folder (default: ./reports/profiles/<suite>-<model>-<scenario>-b<batch>-<time>)"
     ),
     top: int = typer.Option(15, help="operators shown in the printed table (top_ops.csv has all)"),
     seed: int = typer.Option(0, help="seed for inputs and random weights"),
@@ -39,6 +44,7 @@ def profile_cmd(
     run_profile(
         ProfileConfig(
             suite=suite,
+            data_dir=data_dir,
             model=model,
             scenario=scenario,
             batch_size=batch_size,

@@ -42,8 +42,9 @@ WAIT, WARMUP = 1, 1
 
 @dataclass
 class ProfileConfig:
-    suite: str
+    suite: str  # a suite name or YAML file
     model: str
+    data_dir: Path | None = None  # the dataset folder instead of the suite's own data
     scenario: str = "online"
     batch_size: int = 8
     device: str = "auto"
@@ -98,7 +99,7 @@ def _build(cfg: ProfileConfig, device: torch.device, console: Console, resolve_t
     from dde_bench.bench.workload import DTYPES, Workload, build_entries, cast, inputs, scenario_call
     from dde_bench.cards import load_model_card, load_suite
 
-    card = load_suite(cfg.suite, check_models=False)
+    card = load_suite(cfg.suite, check_models=False).with_data_dir(cfg.data_dir)
     mcard = load_model_card(cfg.model)  # unknown model: one-line error before any data is generated
     # a transformers reference needs the teacher whose weights it carries
     names = [mcard.same_weights_as, cfg.model] if mcard.kind == "hf-vilt" else [cfg.model]

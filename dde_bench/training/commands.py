@@ -15,11 +15,11 @@ train_app = typer.Typer(
 )
 
 
-def _suite(name_or_path: str):
-    """A suite by name or YAML path (the models it lists are not needed to train)."""
+def _suite(name_or_path: str, data_dir: Path | None):
+    """A suite by name or YAML path, on ``data_dir`` if given (the models it lists are not needed to train)."""
     from dde_bench.cards import load_suite
 
-    return load_suite(name_or_path, check_models=False)
+    return load_suite(name_or_path, check_models=False).with_data_dir(data_dir)
 
 
 def _check_nproc(nproc: int) -> None:
@@ -30,6 +30,9 @@ def _check_nproc(nproc: int) -> None:
 @train_app.command("teacher")
 def teacher_cmd(
     suite: str = typer.Option(..., help="suite name (suites/*.yaml) or a suite YAML file"),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="dataset folder in its official layout (overrides the suite's data)"
+    ),
     init: str = typer.Option(
         "scratch", help="scratch, a dde-bench teacher checkpoint, or a transformers ViLT folder"
     ),
@@ -58,7 +61,7 @@ def teacher_cmd(
     resolve_device(device)
     r = get_recipe(recipe)
     path = train_teacher(
-        _suite(suite),
+        _suite(suite, data_dir),
         out or paths.home() / "checkpoints" / "teacher",
         r,
         seed=seed,
@@ -79,6 +82,9 @@ def teacher_cmd(
 @train_app.command("student")
 def student_cmd(
     suite: str = typer.Option(..., help="suite name (suites/*.yaml) or a suite YAML file"),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="dataset folder in its official layout (overrides the suite's data)"
+    ),
     teacher: Path = typer.Option(..., help="fine-tuned teacher checkpoint folder"),
     gt: float = typer.Option(0.0, "--gt", help="weight of the ground-truth loss"),
     soft: float = typer.Option(1.0, help="weight of the soft-label distillation loss"),
@@ -114,7 +120,7 @@ def student_cmd(
     if cfg.get("kind") not in (None, "teacher"):
         raise UserError(f"{teacher}: this is a {cfg.get('kind')} checkpoint, a teacher was expected")
     path = train_student(
-        _suite(suite),
+        _suite(suite, data_dir),
         teacher,
         out or paths.home() / "checkpoints" / "student",
         LossWeights(gt, soft, attention, temperature),
@@ -136,6 +142,9 @@ def student_cmd(
 
 def reproduce(
     suite: str = typer.Option("nlvr2", help="suite name or YAML file"),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="dataset folder in its official layout (overrides the suite's data)"
+    ),
     seeds: int = typer.Option(2, help="number of seeds (0 .. N-1)"),
     quick: bool = typer.Option(True, help="the quick recipe (tiny models, minutes); --no-quick = full"),
     recipe: str = typer.Option(
@@ -182,7 +191,7 @@ def reproduce(
 
         get_recipe(recipe)  # unknown names: one-line error before any work
     written = run_reproduce(
-        _suite(suite),
+        _suite(suite, data_dir),
         out or paths.home() / "reproduce",
         seeds=seeds,
         recipe_name=recipe or ("quick" if quick else "full"),
