@@ -141,7 +141,7 @@ class ImageFeatures:
                     x = inputs(e, self.workload, 8, self.device, dtype, start)
                     feats.append(e.model.encode_images(x["pixel_values"], x["pixel_mask"]))
             else:
-                for b in self.workload.dataset.batches(64):
+                for b in self.workload.dataset_for(e).batches(64):
                     pv, pm = b["pixel_values"].to(self.device, dtype), b["pixel_mask"].to(self.device)
                     feats.append(e.model.encode_images(pv, pm))
             f = torch.cat(feats)

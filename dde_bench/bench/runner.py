@@ -204,7 +204,8 @@ class Runner:
                 f"[bold]accuracy[/]: {e.name} on {ctx.workload.split} ({len(ctx.workload.examples)} examples)"
             )
             owner = by_name[e.teacher].model if e.kind == "hf-vilt" else e.model
-            ev = evaluate(owner, ctx.workload.dataset, ctx.device, dtype=DTYPES[dtype], fn=logits_fn(e))
+            data = ctx.workload.dataset_for(e)
+            ev = evaluate(owner, data, ctx.device, dtype=DTYPES[dtype], fn=logits_fn(e))
             ev.write_predictions(ctx.plan.run_dir / "predictions", e.name)
             out[e.name] = ev.row(seed=0)
         return out

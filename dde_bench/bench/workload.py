@@ -40,7 +40,9 @@ TrainedResolver = Callable[[SuiteCard, ModelCard, torch.device], Path]
 
 
 class Workload:
-    """A suite's evaluation split, prepared for the tiny models (paper-size speed rows use random inputs)."""
+    """A suite's evaluation split: prepared for the tiny models with the suite's tokenizer (:attr:`dataset`), and
+    for any model that brings its own tokenizer, answer list or input geometry (:meth:`dataset_for`). Paper-size
+    speed rows use random inputs of paper shape instead."""
 
     def __init__(self, card: SuiteCard, cache_root: Path, console: Console | None = None):
         from dde_bench.data.suite import load_suite_data
@@ -53,6 +55,30 @@ class Workload:
         self.split = card.split
         self.data = load_suite_data(card, Path(cache_root), size_config("tiny"), (self.split,), progress=True)
         self.dataset = self.data.datasets[self.split]
+        self._datasets: dict[tuple, Any] = {}
+
+    def dataset_for(self, e: Entry):
+        """The evaluation split as ``e``'s model sees it: its own tokenizer (if it brought one), its answer list
+        (VQA) and its text length and image geometry. Shared by every entry that agrees on those."""
+        from dde_bench.data.tokenize import vocab_fingerprint
+
+        if e.base is not None:
+            return self.dataset_for(e.base)
+        cfg = getattr(e.model, "config", None)
+        answers = getattr(e.model, "answer_vocab", None) if self.task == "vqa" else None
+        tok = e.tokenizer
+        if cfg is None or (tok is None and answers is None and _tiny_geometry(cfg)):
+            return self.dataset
+        key = (
+            vocab_fingerprint(tok) if tok is not None else None,
+            tuple(answers) if answers else None,
+            cfg.max_text_len,
+            cfg.image_size,
+            cfg.patch_size,
+        )
+        if key not in self._datasets:
+            self._datasets[key] = self.data.dataset(self.split, cfg, tokenizer=tok, answer_vocab=answers)
+        return self._datasets[key]
 
     @property
     def task(self) -> str:
@@ -86,6 +112,8 @@ class Entry:
     card: ModelCard | None = None  # its card's overrides: batch_sizes, gallery_sizes, min_iters
     fusion_cache: bool = False  # gallery only: cache the fusion MLP's image half too (modeling.fastpath)
     compile: str | None = None  # torch.compile backend of a `@compiled` variant
+    tokenizer: Any = None  # the tokenizer its checkpoint brought (None: the suite's)
+    base: Entry | None = None  # a transformers reference row: the teacher whose weights (and inputs) it carries
 
     @property
     def plain(self) -> str:
@@ -120,6 +148,17 @@ def compiled_variant(e: Entry, backend: str, names: set[str]) -> Entry:
     else:
         teacher = f"{e.teacher}@compiled" if f"{e.teacher}@compiled" in names else e.teacher
     return variant(e, "compiled", f"torch.compile(backend={backend!r})", compile=backend, teacher=teacher)
+
+
+def _tiny_geometry(cfg) -> bool:
+    from dde_bench.modeling import size_config
+
+    tiny = size_config("tiny")
+    return (cfg.max_text_len, cfg.image_size, cfg.patch_size) == (
+        tiny.max_text_len,
+        tiny.image_size,
+        tiny.patch_size,
+    )
 
 
 def comparison_groups(entries: list[Entry], scenario: str) -> Iterator[tuple[Entry | None, list[Entry]]]:
@@ -169,9 +208,11 @@ def build_entries(
                 paper_inputs=base.paper_inputs,
                 note=f"transformers {type(hf).__name__} with {src}'s weights",
                 card=base.card,
+                tokenizer=base.tokenizer,
+                base=base,
             )
             continue
-        model, trained, note = _load_or_build(workload, card, device, resolve_trained)
+        model, trained, note, tok = _load_or_build(workload, card, device, resolve_trained)
         entries[name] = Entry(
             name,
             card.kind,
@@ -181,6 +222,7 @@ def build_entries(
             paper_inputs=card.speed_only,
             note=note,
             card=card,
+            tokenizer=tok,
         )
     # each student is compared with the teacher its card names, else the teacher of its size
     teachers = {e.size: e.name for e in entries.values() if e.kind == "teacher"}
@@ -207,7 +249,7 @@ def _load_or_build(
         if task == "vqa" and not tiny:
             num_labels = VQA_PAPER_NUM_ANSWERS  # speed-only models carry the paper's answer head
         cls = Teacher if card.kind == "teacher" else Student
-        return cls(vl, task, num_labels), False, "random weights: speed only, accuracy n/a"
+        return cls(vl, task, num_labels), False, "random weights: speed only, accuracy n/a", None
     if card.weights == "trained":
         if resolve_trained is None:
             raise UserError(
@@ -218,10 +260,12 @@ def _load_or_build(
     else:
         path = Path(card.weights).expanduser()
         note = f"loaded from {path}"
+    from dde_bench.data.tokenize import model_tokenizer
+
     model = load_teacher(path, task=task) if card.kind == "teacher" else load_student(path)
     if model.task != task:
         raise UserError(f"{path}: a {model.task} model cannot be measured on suite {workload.card.name}")
-    return model, True, note
+    return model, True, note, model_tokenizer(path)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -240,8 +284,9 @@ def inputs(entry: Entry, workload: Workload, batch: int, device, dtype, seed: in
         pv = torch.randn(shape, generator=g)
         pm = torch.ones(shape[:-3] + shape[-2:], dtype=torch.long)
     else:
-        idx = torch.arange(batch) % len(workload.dataset)
-        b = workload.dataset.batch(idx)
+        data = workload.dataset_for(entry)
+        idx = torch.arange(batch) % len(data)
+        b = data.batch(idx)
         ids, am, pv, pm = b["input_ids"], b["attention_mask"], b["pixel_values"], b["pixel_mask"]
     return {
         "input_ids": ids.to(device),

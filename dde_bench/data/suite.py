@@ -1,12 +1,20 @@
 """A suite's data, loaded one way for training, reproduce and the benchmark harness.
 
-:func:`load_suite_data` finds (or generates) the suite's data folder, loads its tokenizer, builds the VQA answer
+:func:`load_suite_data` finds (or generates) the suite's data folder, picks its tokenizer, builds the VQA answer
 vocabulary from the training split with the card's ``data.answer_min_count`` (the one place that setting is read)
 and turns the requested splits into :class:`~dde_bench.data.batching.TaskDataset` objects sized for a model config.
+
+The tokenizer, in order: the one a model brings (its checkpoint's ``vocab.txt`` or tokenizer files, passed in),
+the data folder's ``vocab.txt`` (the synthetic world writes one), else a WordPiece vocabulary trained on the
+training split's text (:func:`suite_tokenizer`; cached), so a dataset needs no file beyond its official ones.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +25,14 @@ from dde_bench.tasks import TRAIN_SPLIT
 
 @dataclass
 class SuiteData:
-    """What a suite's data folder gives a model: the tokenizer, the VQA answers and one dataset per split."""
+    """What a suite's data folder gives a model: the tokenizer, the VQA answers and the examples of each split."""
 
     card: SuiteCard
     data_dir: Path
     tokenizer: object  # a transformers BertTokenizerFast
     answer_vocab: list[str] | None  # VQA: the answers the head predicts, most frequent first; else None
-    datasets: dict = field(default_factory=dict)  # split -> TaskDataset
+    examples: dict = field(default_factory=dict)  # split -> [Example]
+    datasets: dict = field(default_factory=dict)  # split -> TaskDataset (the model config of load_suite_data)
 
     @property
     def task(self) -> str:
@@ -37,6 +46,27 @@ class SuiteData:
     @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)
+
+    def dataset(self, split: str, model_cfg, tokenizer=None, answer_vocab=None):
+        """The examples of ``split`` as a TaskDataset for a model of config ``model_cfg``, tokenised with
+        ``tokenizer`` (default: the suite's) and, for VQA, indexed by ``answer_vocab`` (default: the suite's)."""
+        from dde_bench.data.batching import TaskDataset
+
+        tok = tokenizer or self.tokenizer
+        if len(tok) > model_cfg.vocab_size:
+            raise UserError(
+                f"{self.data_dir}: the tokenizer has {len(tok)} tokens but the model's vocabulary holds "
+                f"{model_cfg.vocab_size}"
+            )
+        answers = answer_vocab if answer_vocab is not None else self.answer_vocab
+        return TaskDataset(
+            self.task,
+            self.examples[split],
+            tok,
+            image_processor_for(model_cfg),
+            model_cfg.max_text_len,
+            answers,
+        )
 
 
 def image_processor_for(cfg):
@@ -57,6 +87,41 @@ def answer_vocab(card: SuiteCard, data_dir: Path) -> list[str] | None:
     return build_vqa_answer_vocab(data_dir, (TRAIN_SPLIT["vqa"],), card.data.answer_min_count)
 
 
+def training_texts(task: str, data_dir: Path) -> list[str]:
+    """The text of every training example (statements, questions, hypotheses), in file order."""
+    from dde_bench.data.readers import load_split
+
+    return [e.text for e in load_split(task, data_dir, TRAIN_SPLIT[task], vqa_targets=False)]
+
+
+def suite_tokenizer(card: SuiteCard, data_dir: Path, cache_root: Path, vocab_size: int = 1000):
+    """The data folder's ``vocab.txt``, else a WordPiece vocabulary of at most ``vocab_size`` tokens trained on
+    the training split's text, cached under ``cache_root/tokenizers/`` (keyed by the training file's path, size
+    and modification time)."""
+    from dde_bench.data.commands import expected_files
+    from dde_bench.data.tokenize import load_tokenizer, train_wordpiece
+
+    data_dir = Path(data_dir)
+    if (data_dir / "vocab.txt").is_file():
+        return load_tokenizer(data_dir)
+    train_files = [p for p in expected_files(card.task, data_dir) if TRAIN_SPLIT[card.task] in p.name]
+    stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in train_files if p.exists()]
+    key = hashlib.sha256(json.dumps([card.task, vocab_size, stamp]).encode()).hexdigest()[:16]
+    folder = Path(cache_root) / "tokenizers" / f"{card.task}-{key}"
+    if not (folder / "vocab.txt").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            train_wordpiece(training_texts(card.task, data_dir), tmp, vocab_size=vocab_size)
+            tmp.rename(folder)
+        except OSError:  # another process wrote it first
+            if not (folder / "vocab.txt").is_file():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_tokenizer(folder)
+
+
 def load_suite_data(
     card: SuiteCard,
     cache_root: Path,
@@ -64,31 +129,27 @@ def load_suite_data(
     splits: tuple[str, ...] = (),
     limits: tuple[int | None, ...] = (),
     progress: bool = False,
+    tokenizer=None,
+    answers: list[str] | None = None,
 ) -> SuiteData:
     """The suite's data for a model of config ``model_cfg``: tokenizer, answers and a dataset per split in
-    ``splits`` (the first ``limits[i]`` examples of split i where a limit is given)."""
-    from dde_bench.data.batching import TaskDataset
+    ``splits`` (the first ``limits[i]`` examples of split i where a limit is given). ``tokenizer`` / ``answers``:
+    the ones a model brings (its checkpoint's), used instead of the suite's."""
     from dde_bench.data.cache import ensure_data
     from dde_bench.data.readers import load_split
-    from dde_bench.data.tokenize import load_tokenizer
 
+    card = SuiteCard.of(card)
     data_dir = ensure_data(card, Path(cache_root), progress=progress)
-    tok = load_tokenizer(data_dir)
-    if len(tok) > model_cfg.vocab_size:
-        raise UserError(
-            f"{data_dir}/vocab.txt has {len(tok)} tokens but the model's vocabulary holds {model_cfg.vocab_size}"
-        )
-    answers = answer_vocab(card, data_dir)
-    proc = image_processor_for(model_cfg)
-    out = SuiteData(card, data_dir, tok, answers)
+    tok = tokenizer or suite_tokenizer(card, data_dir, cache_root, vocab_size=model_cfg.vocab_size)
+    vocab = answers if answers is not None else answer_vocab(card, data_dir)
+    out = SuiteData(card, data_dir, tok, vocab)
     for i, split in enumerate(splits):
-        examples = load_split(card.task, data_dir, split, answer_vocab=answers)
+        examples = load_split(card.task, data_dir, split, answer_vocab=vocab)
         limit = limits[i] if i < len(limits) else None
         if limit is not None:
             examples = examples[:limit]
         if not examples:
             raise UserError(f"{data_dir}: split {split!r} has no examples")
-        out.datasets[split] = TaskDataset(
-            card.task, examples, tok, proc, model_cfg.max_text_len, answer_vocab=answers
-        )
+        out.examples[split] = examples
+        out.datasets[split] = out.dataset(split, model_cfg)
     return out

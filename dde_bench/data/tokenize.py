@@ -1,8 +1,9 @@
 """BERT WordPiece tokenisation.
 
-Real checkpoints ship a ``vocab.txt`` (BERT uncased); tiny models use a WordPiece vocabulary trained on the
-suite's training text with ``tokenizers`` (lower-case; [PAD] = 0, [UNK], [CLS], [SEP], [MASK]). Both load the
-same way, as ``transformers.BertTokenizerFast``.
+A model's tokenizer travels with it: a dde-bench checkpoint holds the ``vocab.txt`` it was trained with, and a
+transformers ViLT / BERT folder its own tokenizer files (:func:`model_tokenizer`). Tiny models on a dataset
+without one use a WordPiece vocabulary trained on the training split's text with ``tokenizers`` (lower-case;
+[PAD] = 0, [UNK], [CLS], [SEP], [MASK]; :func:`train_wordpiece`). All load as ``transformers.BertTokenizerFast``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,37 @@ def load_tokenizer(path_or_dir: Path | str, lowercase: bool = True) -> BertToken
     if tok.pad_token_id != 0:
         raise UserError(f"{vocab}: [PAD] must be token 0 (line 1), found it at {tok.pad_token_id}")
     return tok
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def model_tokenizer(folder: Path | str) -> BertTokenizerFast | None:
+    """The tokenizer that came with a model folder: its ``vocab.txt`` (a dde-bench checkpoint, or a BERT /
+    ViLT folder) or transformers' tokenizer files; None when the folder has neither (or is a hub id)."""
+    p = Path(folder)
+    if not p.is_dir():
+        return None
+    if (p / "vocab.txt").is_file():
+        return load_tokenizer(p)
+    if any((p / f).is_file() for f in TOKENIZER_FILES):
+        try:
+            tok = BertTokenizerFast.from_pretrained(str(p))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{p}: cannot load its tokenizer files ({str(e).splitlines()[0]})") from None
+        if tok.pad_token_id is None:
+            raise UserError(f"{p}: its tokenizer has no [PAD] token")
+        return tok
+    return None
+
+
+def vocab_fingerprint(tokenizer: BertTokenizerFast) -> str:
+    """A short hash of a tokenizer's token -> id table: equal fingerprints give equal token ids."""
+    import hashlib
+    import json
+
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
 def encode(

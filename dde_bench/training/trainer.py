@@ -37,9 +37,16 @@ from torch import nn
 
 from dde_bench.cards import SuiteCard
 from dde_bench.data.suite import image_processor_for, load_suite_data
+from dde_bench.data.tokenize import model_tokenizer
 from dde_bench.errors import UserError
 from dde_bench.evaluation import evaluate
-from dde_bench.modeling.checkpoint import load_state_checked, load_student, load_teacher, save_model
+from dde_bench.modeling.checkpoint import (
+    load_state_checked,
+    load_student,
+    load_teacher,
+    read_config,
+    save_model,
+)
 from dde_bench.modeling.config import size_config
 from dde_bench.modeling.models import Student, Teacher
 from dde_bench.tasks import TRAIN_SPLIT, num_images
@@ -518,6 +525,9 @@ def _train(cfg: TrainConfig) -> Path:
     # the model's head has one output per answer
     eval_split = cfg.suite.split
     splits = (TRAIN_SPLIT[task], eval_split) if cfg.stage == "finetune" else ()
+    # the tokenizer a model brings wins over the data's: a student speaks its teacher's tokens, a teacher
+    # fine-tuned from a checkpoint or a transformers folder keeps that folder's
+    source = cfg.teacher if cfg.kind == "student" else (None if cfg.init == "scratch" else cfg.init)
     data = load_suite_data(
         cfg.suite,
         Path(cfg.cache_root),
@@ -525,6 +535,11 @@ def _train(cfg: TrainConfig) -> Path:
         splits,
         (cfg.train_limit, cfg.eval_limit),
         progress=cfg.progress and d.main,
+        tokenizer=model_tokenizer(source) if source else None,
+        # a student predicts its teacher's answers, whatever the data's threshold would give
+        answers=read_config(Path(cfg.teacher)).get("meta", {}).get("answer_vocab")
+        if cfg.kind == "student"
+        else None,
     )
     tok, answer_vocab, num_labels = data.tokenizer, data.answer_vocab, data.num_labels
     if cfg.stage == "finetune":
@@ -723,6 +738,7 @@ def _train(cfg: TrainConfig) -> Path:
             "data_dir": str(data.data_dir),
         }
         save_model(model, out, meta)
+        tok.save_vocabulary(str(out))  # the checkpoint carries its tokenizer (vocab.txt)
         if cfg.stage == "pretrain":
             h = {k: v.detach().contiguous().cpu() for k, v in module.heads.state_dict().items()}
             save_file(h, str(out / HEADS_FILE))
