@@ -226,6 +226,8 @@ def run_steps(
         cumulative += step.budget_s
         ctx.deadline = start + cumulative
         t0 = time.monotonic()
+        log = ctx.out / f"{step.name}.log"
+        log.unlink(missing_ok=True)  # a reused --out: no evidence from an earlier check
         print(
             f"[{i}/{len(steps)}] {step.name} (budget {step.budget_s:.0f} s, {ctx.remaining():.0f} s left) ...",
             flush=True,
@@ -241,7 +243,6 @@ def run_steps(
                 status, detail = "failed", str(e)
             except Exception as e:  # a step's own bug is that step's failure, not the check's end
                 status, detail = "failed", first_line(f"{type(e).__name__}: {e}")
-        log = ctx.out / f"{step.name}.log"
         res = StepResult(
             step.name,
             status,
@@ -496,8 +497,17 @@ def rows_verdict(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
     return "ran", f"{ok} rows ok" + (f", {len(rows) - ok} skipped by design" if len(rows) > ok else "")
 
 
+def _fresh(path: Path) -> None:
+    """Remove an earlier check's output at ``path`` (a reused --out must not lend a step old evidence)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 def _rows_step(ctx: Context, name: str, argv: list[str], run_dir: str) -> str:
     _needs_python(ctx)
+    _fresh(ctx.out / run_dir)
     err = None
     try:
         run_command(ctx, name, argv)
@@ -513,6 +523,7 @@ def _rows_step(ctx: Context, name: str, argv: list[str], run_dir: str) -> str:
 
 def step_pytest(ctx: Context) -> str:
     _needs_python(ctx)
+    _fresh(ctx.out / "pytest-cuda.xml")
     err = None
     try:
         run_command(ctx, "pytest-cuda", argv_pytest(ctx))
@@ -534,6 +545,7 @@ def step_run(ctx: Context) -> str:
 
 def step_profile(ctx: Context) -> str:
     _needs_python(ctx)
+    _fresh(ctx.out / "profile")
     run_command(ctx, "profile", argv_profile(ctx))
     prof = ctx.out / "profile"
     trace, snap = prof / "trace.json", prof / "memory_snapshot.pickle"
@@ -577,26 +589,21 @@ def env_preview(ctx: Context) -> str:
     return f"first of {', '.join(['--python', '.venv', '.venv-gpu', 'python3'])} whose torch sees CUDA; else .venv-gpu + {choice}"
 
 
-def _shown(argv: list[str]) -> str:
-    return "$ " + shlex.join(argv)
+def _shows(argv: Callable[[Context], list[str]]) -> Callable[[Context], str]:
+    """The dry run's view of a command step: its command line."""
+    return lambda ctx: "$ " + shlex.join(argv(ctx))
 
 
 # The run goes last: it is the longest and the least predictable step (it trains the tiny models first), and the
 # last step gets whatever the others saved (serving and nccl skip at once on most machines).
 STEPS: tuple[Step, ...] = (
     Step("env", 45, "a Python whose torch sees CUDA (installs one if none)", step_env, env_preview),
-    Step("pytest-cuda", 90, "the CUDA tests: real properties of timing, memory, energy, dtypes, speed",
-         step_pytest, lambda c: _shown(argv_pytest(c))),
-    Step("profile", 45, "torch.profiler CUDA trace + allocator snapshot of the b32 student (cached)",
-         step_profile, lambda c: _shown(argv_profile(c))),
-    Step("compile", 60, "torch.compile (inductor) rows on CUDA, checked against the plain path",
-         step_compile, lambda c: _shown(argv_compile(c))),
-    Step("serving", 30, "the serving scenario, if `dde-bench run --help` lists it",
-         step_serving, lambda c: _shown(argv_serving(c))),
-    Step("nccl", 30, "2-process nccl all_reduce + broadcast (only with 2+ GPUs)",
-         step_nccl, lambda c: _shown(argv_nccl(c))),
-    Step("run-nlvr2", 180, "quick run: train tiny models on CUDA, teacher + students online/cached/gallery x fp32/bf16/fp16",
-         step_run, lambda c: _shown(argv_run(c))),
+    Step("pytest-cuda", 90, "the CUDA tests: real properties of timing, memory, energy, dtypes, speed", step_pytest, _shows(argv_pytest)),
+    Step("profile", 45, "torch.profiler CUDA trace + allocator snapshot of the b32 student (cached)", step_profile, _shows(argv_profile)),
+    Step("compile", 60, "torch.compile (inductor) rows on CUDA, checked against the plain path", step_compile, _shows(argv_compile)),
+    Step("serving", 30, "the serving scenario, if `dde-bench run --help` lists it", step_serving, _shows(argv_serving)),
+    Step("nccl", 30, "2-process nccl all_reduce + broadcast (only with 2+ GPUs)", step_nccl, _shows(argv_nccl)),
+    Step("run-nlvr2", 180, "quick run: train tiny models on CUDA, teacher + students online/cached/gallery x fp32/bf16/fp16", step_run, _shows(argv_run)),
 )  # fmt: skip
 assert sum(s.budget_s for s in STEPS) <= TOTAL_BUDGET_S
 
@@ -606,25 +613,13 @@ TEST_FILE = "test_cuda_paths"
 # (path, kind, key): kind "test" = tests whose name starts with key in pytest-cuda.xml; "step" = that step's result;
 # "rows" = rows of a run folder, key "folder:filter" (filter "dtype=X" or "compiled")
 CUDA_PATHS: tuple[tuple[str, str, str], ...] = (
-    (
-        "CUDA-event timing agrees with synchronised wall time",
-        "test",
-        "test_cuda_event_timing_agrees_with_wall_time",
-    ),
-    (
-        "max_memory_allocated grows with the batch size",
-        "test",
-        "test_max_memory_allocated_grows_with_batch_size",
-    ),
+    ("CUDA-event timing agrees with synchronised wall time", "test", "test_cuda_event_timing_agrees_with_wall_time"),
+    ("max_memory_allocated grows with the batch size", "test", "test_max_memory_allocated_grows_with_batch_size"),
     ("NVML memory (device-wide and this process)", "test", "test_nvml_memory_is_read"),
     ("NVML energy positive, grows with the window", "test", "test_nvml_energy_grows_with_the_window"),
     ("bf16 teacher/student within tolerance of fp32", "test", "test_low_precision_close_to_fp32[bf16"),
     ("fp16 teacher/student within tolerance of fp32", "test", "test_low_precision_close_to_fp32[fp16"),
-    (
-        "cached b32 student faster than the teacher at batch 32",
-        "test",
-        "test_cached_student_beats_teacher_b32",
-    ),
+    ("cached b32 student faster than the teacher at batch 32", "test", "test_cached_student_beats_teacher_b32"),
     ("other CUDA tests (pytest -m cuda)", "test", ""),
     ("training on CUDA (quick recipe) + quick run", "step", "run-nlvr2"),
     ("harness fp32: online, cached, gallery", "rows", "run-nlvr2:dtype=fp32"),
@@ -634,7 +629,7 @@ CUDA_PATHS: tuple[tuple[str, str, str], ...] = (
     ("torch.compile (inductor) on CUDA", "rows", "run-compile:compiled"),
     ("serving scenario on CUDA", "step", "serving"),
     ("nccl, 2 processes", "step", "nccl"),
-)
+)  # fmt: skip
 _NAMED_TESTS = tuple(k for _, kind, k in CUDA_PATHS if kind == "test" and k)
 
 
@@ -798,6 +793,7 @@ def dry_run(steps: Sequence[Step], ctx: Context, why_no_gpu: str) -> None:
         f"gpu-check dry run: {len(steps)} steps, {total:.0f} s of budget in all (limit {TOTAL_BUDGET_S:.0f} s)"
     )
     print(f"GPU: {gpu}; output: {ctx.out}")
+    print(f"{PY} below: the Python that step env selects (the later steps need one; they skip without it)")
     deadline = 0.0
     for i, s in enumerate(steps, 1):
         deadline += s.budget_s

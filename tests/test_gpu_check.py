@@ -362,3 +362,56 @@ def test_gpu_without_a_cuda_torch_keeps_going_and_says_why(tmp_path: Path, fake_
     assert all(p["status"] in ("skipped", "failed") for p in data["paths"])
     assert (out / "summary.md").exists() and (out / "env.log").exists()
     assert "## CUDA paths" in p.stdout
+
+
+def test_env_installs_the_torch_build_the_driver_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Python here sees CUDA: env creates .venv-gpu with the driver's torch build, then the package; a Python
+    outside a venv that lacks a module gets it pip-installed into OUT/site (commands recorded, not run)."""
+    ctx = _ctx(tmp_path)
+    commands: list[list[str]] = []
+    venv_py = str(gc.REPO / ".venv-gpu" / "bin" / "python")
+    probes = {"/usr/bin/python3": {"version": "2.13.0+cpu", "available": False, "missing": []}}
+    probes[venv_py] = {
+        "version": "2.13.0",
+        "cuda": "13.0",
+        "available": True,
+        "devices": 1,
+        "missing": ["pynvml"],
+    }
+    monkeypatch.setattr(gc, "python_candidates", lambda c: ["/usr/bin/python3"])
+    monkeypatch.setattr(gc, "probe_python", lambda c, py: probes[py])
+    monkeypatch.setattr(
+        gc, "run_command", lambda c, name, argv, timeout=None: commands.append(list(argv)) or ""
+    )
+    detail = gc.step_env(ctx)
+    assert commands[:3] == [
+        [sys.executable, "-m", "venv", str(gc.REPO / ".venv-gpu")],
+        [venv_py, "-m", "pip", "install", "-q", "torch==2.13.0"],
+        [venv_py, "-m", "pip", "install", "-q", "-e", f"{gc.REPO}[dev]"],
+    ]
+    assert ctx.python == venv_py and detail.startswith(
+        f"installed {venv_py}: torch 2.13.0 (CUDA 13.0), 1 device"
+    )
+    assert ctx.env["DDE_BENCH_CACHE"] == str(ctx.out / "cache")
+    # .venv-gpu does not exist here, so it reads as "not a venv": the missing module goes to OUT/site
+    assert commands[3] == [
+        venv_py,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--target",
+        str(ctx.out / "site"),
+        "nvidia-ml-py",
+    ]
+    assert ctx.env["PYTHONPATH"].split(os.pathsep)[:2] == [str(ctx.out / "site"), str(gc.REPO)]
+    assert "pip-installed nvidia-ml-py" in detail
+
+    ctx = _ctx(tmp_path)
+    ctx.gpu = gc.GpuInfo(["Old GPU"], "470.1", "11.4")
+    with pytest.raises(
+        gc.StepFailed, match="CUDA 11.4, older than any PyPI torch build here: pass --torch-spec"
+    ):
+        gc.step_env(ctx)
