@@ -367,6 +367,7 @@ def step_env(ctx: Context) -> str:
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
         PYTHONUNBUFFERED="1",
         CUDA_DEVICE_ORDER="PCI_BUS_ID",
+        DDE_BENCH_HOME=str(ctx.out),  # anything a command writes by default lands in OUT too
         DDE_BENCH_CACHE=str(ctx.out / "cache"),
         COLUMNS="120",
     )
