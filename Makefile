@@ -10,7 +10,7 @@ DEVICE     ?= auto
 SUITE      ?= nlvr2
 BIN         = $(VENV)/bin
 
-.PHONY: install run test gate bench browser lint clean
+.PHONY: install run test gate bench browser lint clean gpu-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ gate: install
 
 bench: install
 	$(BIN)/python -m pytest -q tests/benchmarks -m benchmark_suite --benchmark-enable --benchmark-autosave
+
+# Every CUDA path in one prepared check (scripts/gpu_check.py, standard library only, so no install first): on a
+# machine without a GPU it says so in one line and exits 0. ARGS passes options, e.g. ARGS=--dry-run (every step
+# and its time budget), ARGS="--out DIR", ARGS="--only pytest-cuda,nccl". Budget: 8 minutes in all.
+gpu-check:
+	@$(PYTHON) scripts/gpu_check.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check dde_bench tests
