@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,7 +29,7 @@ from pydantic import (
 
 from dde_bench.errors import UserError
 from dde_bench.resources import list_names, load_yaml, models_dir, suites_dir
-from dde_bench.tasks import DEFAULT_EVAL_SPLIT, SPLITS, TASKS, VQA_ANSWER_MIN_COUNT
+from dde_bench.tasks import DEFAULT_EVAL_SPLIT, PAPER_IMAGE, SPLITS, TASKS, VQA_ANSWER_MIN_COUNT
 
 Task = Literal["nlvr2", "vqa", "snli-ve"]
 Dtype = Literal["fp32", "bf16", "fp16"]
@@ -37,7 +37,54 @@ Kind = Literal["teacher", "student", "hf-vilt"]
 
 
 class _Card(BaseModel):
+    """What every card has beside its fields: the mapping as written and the file it came from."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    _raw: dict = PrivateAttr(default_factory=dict)
+    _path: Path | None = PrivateAttr(default=None)
+    _kind: ClassVar[str] = "card"
+
+    @property
+    def raw(self) -> dict:
+        """The card exactly as written (no defaults filled in)."""
+        return self._raw
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def where(self) -> str:
+        """How messages name this card: its file, else its name."""
+        return str(self._path) if self._path else f"{self._kind} {getattr(self, 'name', '?')!r}"
+
+    def to_dict(self) -> dict:
+        """The full card, defaults included (what run.json and checkpoints record)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def of(cls, card):
+        """A card as it is, or validated from a mapping (library callers may pass either)."""
+        return card if isinstance(card, cls) else cls.from_dict(card)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str | None = None, path: Path | None = None):
+        """Validate a mapping (a YAML file's content, or a card recorded in a checkpoint)."""
+        where = where or f"{cls._kind}"
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: expected a mapping at the top level")
+        d = dict(data)
+        if path is not None:
+            d.setdefault("name", path.stem)
+        card = _validate(cls, cls._prepare(d, where), where)
+        card._raw = dict(data)
+        card._path = path
+        return card
+
+    @classmethod
+    def _prepare(cls, d: dict, where: str) -> dict:
+        """Card-specific checks and conveniences before validation."""
+        return d
 
 
 class DataCard(_Card):
@@ -75,9 +122,11 @@ class SuiteCard(_Card):
     # the teacher's gallery query costs N joint passes: sizes whose estimated query time exceeds this budget are
     # recorded as not measured (with the estimate) instead of stalling the run; default 3 s (0.5 s with --quick)
     teacher_gallery_budget_s: PositiveFloat | None = None
+    # paper-size speed rows: random inputs of this [height, width] (multiples of 32); default: the shape ViLT's
+    # processor gives the task's real images (tasks.PAPER_IMAGE, where the choice is explained)
+    paper_image: list[PositiveInt] | None = None
 
-    _raw: dict = PrivateAttr(default_factory=dict)
-    _path: Path | None = PrivateAttr(default=None)
+    _kind: ClassVar[str] = "suite"
 
     @model_validator(mode="after")
     def _check(self) -> SuiteCard:
@@ -87,28 +136,23 @@ class SuiteCard(_Card):
             )
         if self.data.source == "dir" and not self.data.data_dir:
             raise ValueError("data.data_dir: required when data.source is 'dir'")
+        if self.paper_image is not None and (
+            len(self.paper_image) != 2 or any(v % 32 for v in self.paper_image)
+        ):
+            raise ValueError(
+                f"paper_image: expected [height, width], multiples of 32, got {self.paper_image}"
+            )
         return self
-
-    @property
-    def raw(self) -> dict:
-        return self._raw
-
-    @property
-    def path(self) -> Path | None:
-        return self._path
-
-    @property
-    def where(self) -> str:
-        """How messages name this card: its file, else its name."""
-        return str(self._path) if self._path else f"suite {self.name!r}"
 
     @property
     def split(self) -> str:
         """The split this suite evaluates on."""
         return self.eval_split or DEFAULT_EVAL_SPLIT[self.task]
 
-    def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
+    @property
+    def paper_shape(self) -> tuple[int, int]:
+        """(height, width) of the paper-size speed rows' random images."""
+        return tuple(self.paper_image) if self.paper_image else PAPER_IMAGE[self.task]
 
     def with_data_dir(self, data_dir: str | Path | None) -> SuiteCard:
         """This suite on the dataset folder ``data_dir`` in its official layout (every command's ``--data-dir``);
@@ -126,24 +170,10 @@ class SuiteCard(_Card):
         return card
 
     @classmethod
-    def of(cls, card: SuiteCard | dict) -> SuiteCard:
-        """A card as it is, or validated from a mapping (library callers may pass either)."""
-        return card if isinstance(card, SuiteCard) else cls.from_dict(card)
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "suite card", path: Path | None = None) -> SuiteCard:
-        """Validate a mapping (a YAML file's content, or a card recorded in a checkpoint)."""
-        if not isinstance(data, dict):
-            raise UserError(f"{where}: expected a mapping at the top level")
-        d = dict(data)
-        if path is not None:
-            d.setdefault("name", path.stem)
+    def _prepare(cls, d: dict, where: str) -> dict:
         if "task" not in d and d.get("name") in TASKS:
             d["task"] = d["name"]  # suites named after their task may leave it out
-        card = _validate(cls, d, where)
-        card._raw = dict(data)
-        card._path = path
-        return card
+        return d
 
 
 class DistillCard(_Card):
@@ -177,8 +207,7 @@ class ModelCard(_Card):
     min_iters: PositiveInt | None = None
     gallery_sizes: list[PositiveInt] | None = None
 
-    _raw: dict = PrivateAttr(default_factory=dict)
-    _path: Path | None = PrivateAttr(default=None)
+    _kind: ClassVar[str] = "model card"
 
     @model_validator(mode="after")
     def _check(self) -> ModelCard:
@@ -191,18 +220,6 @@ class ModelCard(_Card):
         return self
 
     @property
-    def raw(self) -> dict:
-        return self._raw
-
-    @property
-    def path(self) -> Path | None:
-        return self._path
-
-    @property
-    def where(self) -> str:
-        return str(self._path) if self._path else f"model card {self.name!r}"
-
-    @property
     def random_weights(self) -> bool:
         return self.weights == "random"
 
@@ -211,27 +228,11 @@ class ModelCard(_Card):
         """Random weights at paper size: measured on random inputs of paper shape, accuracy n/a."""
         return self.random_weights and self.size != "tiny"
 
-    def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
-
     @classmethod
-    def of(cls, card: ModelCard | dict) -> ModelCard:
-        """A card as it is, or validated from a mapping (library callers may pass either)."""
-        return card if isinstance(card, ModelCard) else cls.from_dict(card)
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "model card", path: Path | None = None) -> ModelCard:
-        if not isinstance(data, dict):
-            raise UserError(f"{where}: expected a mapping at the top level")
-        d = dict(data)
-        if path is not None:
-            d.setdefault("name", path.stem)
+    def _prepare(cls, d: dict, where: str) -> dict:
         if d.get("kind") != "student" and "distill" in d:
             raise UserError(f"{where}: distill: only a student card has distillation weights")
-        card = _validate(cls, d, where)
-        card._raw = dict(data)
-        card._path = path
-        return card
+        return d
 
 
 # ------------------------------------------------------------------------------------------------- loading

@@ -24,6 +24,14 @@ VQA_ANSWER_MIN_COUNT = 9
 # the real VQA v2 answer vocabulary's size (answers occurring >= 9 times, ViLT): paper-size random-weight heads
 VQA_PAPER_NUM_ANSWERS = 3129
 
+# The input shape of paper-size speed rows (random weights, random inputs): ViLT resizes the shorter side to 384 and
+# the longer to at most 640, both multiples of 32. COCO (VQA v2) images are mostly 640x480 and Flickr30K (SNLI-VE)
+# mostly 500x375 / 500x333, landscape 4:3 to 3:2, which gives 384x512 (12 x 16 patches + CLS = 193 image tokens).
+# NLVR2's web images are mostly landscape too; 384x512 is assumed there (not measured on the download here).
+# A suite sets its own with `paper_image: [height, width]`.
+PAPER_IMAGE = {"nlvr2": (384, 512), "vqa": (384, 512), "snli-ve": (384, 512)}
+PAPER_TEXT_LEN = 40  # ViLT's text length
+
 # the class whose score ranks a gallery: NLVR2 True, SNLI-VE entailment, VQA the first (most frequent) answer
 GALLERY_LABEL = {"nlvr2": 1, "snli-ve": 0, "vqa": 0}
 

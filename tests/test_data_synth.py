@@ -33,7 +33,7 @@ def test_deterministic_and_readable(tmp_path, task):
     b = tmp_path / "b"
     synthesize(task, a, seed=3, sizes=SIZES[task])
     synthesize(task, b, seed=3, sizes=SIZES[task])
-    for name in ANN[task] + ["captions.jsonl", "vocab.txt"]:
+    for name in ANN[task] + ["captions_train2014.json", "vocab.txt"]:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     for split, n in SIZES[task].items():
         exs = load_split(task, a, split, check_images=True, decode_images=True, answer_min_count=1)

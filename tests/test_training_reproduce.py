@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -137,3 +138,35 @@ def test_family_accuracy_adds_up_to_the_official_metric(tmp_path, task):
     assert weighted == pytest.approx(
         evaluate(model, data, torch.device("cpu")).percent()["accuracy"], abs=1e-9
     )
+
+
+@pytest.mark.slow
+def test_reproduce_without_captions_skips_the_rows_that_need_them(tmp_path, monkeypatch, capsys):
+    """A data folder with no COCO captions file: no pre-training stage, the pre-training-distillation row is
+    skipped and says why (stderr and skipped.json); the rows that need no captions run."""
+    from dde_bench.cards import SuiteCard
+    from dde_bench.data.synth import synthesize
+
+    data = tmp_path / "data"
+    synthesize("nlvr2", data, seed=2, sizes={"train": 32, "dev": 8, "test1": 4}, families=["exist"])
+    (data / "captions_train2014.json").unlink()
+    tiny = recipes.Recipe(
+        name="quick", teacher_pretrain_steps=2, teacher_steps=2, student_steps=2, batch_size=4
+    )
+    monkeypatch.setitem(recipes.RECIPES, "quick", tiny)
+    suite = SuiteCard.from_dict({"name": "nlvr2", "task": "nlvr2"}).with_data_dir(data)
+    paths = run_reproduce(
+        suite,
+        tmp_path / "out",
+        seeds=1,
+        cache_root=tmp_path / "cache",
+        device="cpu",
+        progress=False,
+        students=["nodistill", "soft-attention-pretrain"],
+    )
+    rows = list(csv.DictReader(open(paths[0])))
+    assert [r["model"] for r in rows][0].startswith("teacher") and len(rows) == 2
+    skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert set(skipped) == {"soft-attention-pretrain", "teacher pre-training"}
+    assert "captions_train2014.json" in skipped["soft-attention-pretrain"]
+    assert "skipped soft-attention-pretrain" in capsys.readouterr().err

@@ -109,6 +109,7 @@ class RunPlan:
             "batch_sizes": self.batch_sizes,
             "gallery_sizes": self.gallery_sizes,
             "teacher_gallery_budget_s": self.teacher_gallery_budget_s,
+            "paper_image": list(self.suite.paper_shape),
             "timing_rule": self.rule.to_dict(),
             "threads": self.threads,
             "seed": self.seed,

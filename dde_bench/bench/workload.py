@@ -27,13 +27,9 @@ from rich.console import Console
 from dde_bench.bench.schema import VARIANT_SEP, plain_name
 from dde_bench.cards import ModelCard, SuiteCard, load_model_card
 from dde_bench.errors import UserError
-from dde_bench.tasks import VQA_PAPER_NUM_ANSWERS, num_images
+from dde_bench.tasks import PAPER_TEXT_LEN, VQA_PAPER_NUM_ANSWERS, num_images
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PAPER_TEXT_LEN = (
-    40  # speed-only (random-weight) paper-size models get inputs of paper shape: 40 tokens, 384x384
-)
-PAPER_IMAGE = 384
 
 # (suite, model card, device) -> the checkpoint folder of a `weights: trained` card
 TrainedResolver = Callable[[SuiteCard, ModelCard, torch.device], Path]
@@ -113,7 +109,9 @@ class Entry:
     fusion_cache: bool = False  # gallery only: cache the fusion MLP's image half too (modeling.fastpath)
     compile: str | None = None  # torch.compile backend of a `@compiled` variant
     tokenizer: Any = None  # the tokenizer its checkpoint brought (None: the suite's)
-    base: Entry | None = None  # a transformers reference row: the teacher whose weights (and inputs) it carries
+    base: Entry | None = (
+        None  # a transformers reference row: the teacher whose weights (and inputs) it carries
+    )
 
     @property
     def plain(self) -> str:
@@ -213,6 +211,9 @@ def build_entries(
             )
             continue
         model, trained, note, tok = _load_or_build(workload, card, device, resolve_trained)
+        if card.speed_only:
+            h, w = workload.card.paper_shape
+            note += f"; random inputs of paper shape: {PAPER_TEXT_LEN} tokens, {h}x{w} images"
         entries[name] = Entry(
             name,
             card.kind,
@@ -279,7 +280,7 @@ def inputs(entry: Entry, workload: Workload, batch: int, device, dtype, seed: in
         ids = torch.randint(1000, min(vocab, 30000), (batch, PAPER_TEXT_LEN), generator=g)
         ids[:, 0] = 101
         am = torch.ones(batch, PAPER_TEXT_LEN, dtype=torch.long)
-        img = (3, PAPER_IMAGE, PAPER_IMAGE)
+        img = (3, *workload.card.paper_shape)
         shape = (batch, n_img, *img) if n_img == 2 else (batch, *img)
         pv = torch.randn(shape, generator=g)
         pm = torch.ones(shape[:-3] + shape[-2:], dtype=torch.long)

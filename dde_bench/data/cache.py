@@ -13,7 +13,7 @@ from dde_bench.cards import SuiteCard
 from dde_bench.data.synth import normalize_sizes, synthesize
 from dde_bench.errors import UserError
 
-SYNTH_VERSION = 1  # bump when the generator's output changes for the same settings
+SYNTH_VERSION = 2  # bump when the generator's output changes for the same settings (2: COCO-format captions)
 
 _SIZE_KEYS_SKIP = {
     "seed",

@@ -319,6 +319,64 @@ def vqa_answer_counts(data_dir: Path, splits: Sequence[str] = ("train2014",)) ->
     return counts
 
 
+COCO_CAPTIONS = "captions_train2014.json"  # the pre-training captions, in COCO's annotation format
+
+
+def read_coco_captions(path: Path) -> list[tuple[str, str]]:
+    """(image file name, caption) pairs of a COCO captions annotation file (``captions_train2014.json``:
+    ``images`` with ``id`` / ``file_name``, ``annotations`` with ``image_id`` / ``caption``), in annotation order.
+    Every malformed part is one line naming the file and the record."""
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{path}: expected a JSON object holding 'images' and 'annotations', got {_json_type(data)}"
+        )
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise UserError(f"{path}: {key!r} must be a list, got {_json_type(data.get(key))}")
+    files: dict[int, str] = {}
+    for i, im in enumerate(data["images"]):
+        if (
+            not isinstance(im, dict)
+            or not isinstance(im.get("id"), int)
+            or not isinstance(im.get("file_name"), str)
+        ):
+            raise UserError(
+                f"{path}: image {i} must be an object with an integer 'id' and a string 'file_name'"
+            )
+        name = im["file_name"]
+        if not name or name.startswith("/") or ".." in Path(name).parts:
+            raise UserError(f"{path}: image {i}: file_name {name!r} is not a path inside the image folder")
+        files[im["id"]] = name
+    pairs = []
+    for i, a in enumerate(data["annotations"]):
+        if (
+            not isinstance(a, dict)
+            or not isinstance(a.get("caption"), str)
+            or not isinstance(a.get("image_id"), int)
+        ):
+            raise UserError(
+                f"{path}: annotation {i} must be an object with an integer 'image_id' and a string 'caption'"
+            )
+        if a["image_id"] not in files:
+            raise UserError(f"{path}: annotation {i}: image_id {a['image_id']} is not among the images")
+        pairs.append((files[a["image_id"]], a["caption"]))
+    return pairs
+
+
+def write_coco_captions(path: Path, pairs: Sequence[tuple[str, str]]) -> None:
+    """Write (image file name, caption) pairs as a COCO captions annotation file."""
+    ids: dict[str, int] = {}
+    for name, _ in pairs:
+        ids.setdefault(name, len(ids))
+    data = {
+        "info": {"description": "dde-bench synthetic world: captions in COCO's annotation format"},
+        "images": [{"id": i, "file_name": name} for name, i in ids.items()],
+        "annotations": [{"id": j, "image_id": ids[name], "caption": c} for j, (name, c) in enumerate(pairs)],
+    }
+    Path(path).write_text(json.dumps(data), encoding="utf-8")
+
+
 def build_vqa_answer_vocab(
     data_dir: Path, splits: Sequence[str] = ("train2014",), min_count: int = VQA_ANSWER_MIN_COUNT
 ) -> list[str]:

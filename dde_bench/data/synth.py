@@ -45,8 +45,9 @@ Tasks
   neutral = not visibly true *but an occluder could hide what would make it true*. So the same hypothesis text
   takes all three labels on different images, and neutral needs the image (occluder present, target absent),
   never the text alone. Entailment images carry an occluder half of the time, so "occluder => neutral" is wrong.
-* Captions for pre-training (image-text matching, masked language modelling): ``captions.jsonl`` with one line
-  ``{"image": relative path, "caption": text, "split": split}`` per training image.
+* Captions for pre-training (image-text matching, masked language modelling): ``captions_train2014.json`` in
+  COCO's captions annotation format (``images``: ``id`` / ``file_name``, the path relative to the data folder;
+  ``annotations``: ``image_id`` / ``caption``), one caption per training image.
 
 Output also holds ``vocab.txt`` (a WordPiece vocabulary trained on the training text and captions) and
 ``stats.json`` (settings, per-split counts, label and family balance). Everything is deterministic for a seed.
@@ -670,7 +671,9 @@ def synthesize(
         if split in ("train", "train2014"):
             texts += split_texts
             captions += split_caps
-    _dump_jsonl(out_dir / "captions.jsonl", captions)
+    from dde_bench.data.readers import COCO_CAPTIONS, write_coco_captions
+
+    write_coco_captions(out_dir / COCO_CAPTIONS, [(c["image"], c["caption"]) for c in captions])
     from dde_bench.data.tokenize import train_wordpiece
 
     train_wordpiece(texts + [c["caption"] for c in captions], out_dir, vocab_size=settings.vocab_size)

@@ -99,6 +99,18 @@ def model_tokenizer(folder: Path | str) -> BertTokenizerFast | None:
     return None
 
 
+def save_vocab(tokenizer: BertTokenizerFast, folder: Path | str) -> Path:
+    """Write ``folder/vocab.txt``: the tokenizer's tokens one per line in id order (what :func:`load_tokenizer`
+    reads back to the same ids)."""
+    vocab = tokenizer.get_vocab()
+    ids = sorted(vocab.values())
+    if ids != list(range(len(ids))):
+        raise UserError("the tokenizer's ids are not 0..N-1; it cannot be written as a vocab.txt")
+    path = Path(folder) / "vocab.txt"
+    path.write_text("\n".join(sorted(vocab, key=vocab.__getitem__)) + "\n", encoding="utf-8")
+    return path
+
+
 def vocab_fingerprint(tokenizer: BertTokenizerFast) -> str:
     """A short hash of a tokenizer's token -> id table: equal fingerprints give equal token ids."""
     import hashlib

@@ -1,6 +1,8 @@
 """The pre-training stage on image-caption pairs: image-text matching (ITM) and masked language modelling (MLM).
 
-The synthetic world writes ``captions.jsonl`` (one ``{"image", "caption", "split"}`` line per training image).
+Captions come in COCO's annotation format (``captions_train2014.json``: ``images`` with ``id`` / ``file_name``,
+``annotations`` with ``image_id`` / ``caption``); the synthetic world writes one for its training images, and a
+real COCO download is used as it is (images looked up in the data folder, then in its ``train2014/``).
 A pre-training batch pairs every caption with its image or, for about half of them, with another image of the
 batch (a shuffled image, the ITM negative); ITM label 1 = matched. With ``hard > 0`` that share of the negatives
 instead keeps its image and gets a *minimal-edit false caption* (one colour, shape or count changed, or the
@@ -18,7 +20,6 @@ the image, so masked-word prediction could not ground words in patches.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -27,7 +28,11 @@ from torch import nn
 from dde_bench.data.images import ImageProcessor
 from dde_bench.errors import UserError
 
-_SPLITS = {"train": ("train", "train2014")}  # VQA's captions carry its split name, train2014
+
+def _image_path(data_dir: Path, file_name: str) -> Path:
+    """A caption's image: the path relative to the data folder, else in COCO's ``train2014/`` image folder."""
+    direct = data_dir / file_name
+    return direct if direct.exists() else data_dir / "train2014" / file_name
 
 
 class CaptionDataset:
@@ -39,25 +44,24 @@ class CaptionDataset:
         tokenizer,
         processor: ImageProcessor,
         max_len: int,
-        split: str = "train",
         limit: int | None = None,
+        captions: Path | None = None,
     ):
-        path = Path(data_dir) / "captions.jsonl"
+        from dde_bench.data.readers import COCO_CAPTIONS, read_coco_captions
+
+        data_dir = Path(data_dir)
+        path = Path(captions) if captions else data_dir / COCO_CAPTIONS
         if not path.is_file():
             raise UserError(
-                f"{path}: no captions for the pre-training stage (the synthetic world writes them)"
+                f"{path}: no captions for the pre-training stage (COCO's {COCO_CAPTIONS} format; "
+                "the synthetic world writes one)"
             )
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    if row.get("split", split) in _SPLITS.get(split, (split,)):
-                        rows.append(row)
+        pairs = read_coco_captions(path)
         if limit is not None:
-            rows = rows[:limit]
-        if len(rows) < 2:
-            raise UserError(f"{path}: fewer than two {split} captions; ITM needs negatives")
+            pairs = pairs[:limit]
+        if len(pairs) < 2:
+            raise UserError(f"{path}: fewer than two captions; ITM needs negatives")
+        rows = [{"image": _image_path(data_dir, name), "caption": c} for name, c in pairs]
         enc = tokenizer(
             [r["caption"] for r in rows],
             padding="max_length",
@@ -74,7 +78,7 @@ class CaptionDataset:
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.mask_id = int(tokenizer.mask_token_id)
         self.vocab_size = len(tokenizer)
-        images = [processor.load_uint8(Path(data_dir) / r["image"]) for r in rows]
+        images = [processor.load_uint8(r["image"]) for r in rows]
         if len({tuple(t.shape) for t in images}) != 1:
             raise UserError(f"{path}: pre-training needs images of one size")
         self.images = torch.stack(images)

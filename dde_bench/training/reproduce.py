@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -151,7 +152,7 @@ def run_reproduce(
     out: Path,
     seeds: int = 2,
     recipe_name: str = "quick",
-    cache_root: Path = Path("reports/cache"),
+    cache_root: Path | None = None,
     device: str = "auto",
     threads: int = 2,
     progress: bool = True,
@@ -163,20 +164,34 @@ def run_reproduce(
     to run, by slug (:data:`SLUGS`); default all."""
     from dataclasses import replace
 
+    from dde_bench import paths as home
+    from dde_bench.data.cache import ensure_data
+    from dde_bench.data.readers import COCO_CAPTIONS
+
+    suite = SuiteCard.of(suite)
+    cache_root = Path(cache_root) if cache_root else home.cache_root()
     recipe = get_recipe(recipe_name)
     if eval_every > 0:
         recipe = replace(recipe, eval_every=eval_every)
-    if recipe.teacher_pretrain_steps <= 0 or recipe.student_pretrain_steps <= 0:
+    skipped: dict[str, str] = {}
+    if (ensure_data(suite, Path(cache_root), progress=progress) / COCO_CAPTIONS).is_file():
         recipe = replace(
             recipe,
             teacher_pretrain_steps=max(recipe.teacher_pretrain_steps, 200),
             student_pretrain_steps=max(recipe.student_pretrain_steps, 100),
         )
+    else:  # no caption pool: no pre-training stage, so the rows that distil in it cannot run
+        why = f"the data folder has no {COCO_CAPTIONS} (COCO captions) for the pre-training stage"
+        recipe = replace(recipe, teacher_pretrain_steps=0, student_pretrain_steps=0)
+        skipped = {slug: why for (_, _, pre), slug in zip(VARIANTS, SLUGS, strict=True) if pre}
+        skipped["teacher pre-training"] = why
+        for what in skipped:
+            print(f"dde-bench: reproduce: skipped {what}: {why}", file=sys.stderr)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
     rows: list[dict] = []
     results_path = out / "results.csv"
-    suite = SuiteCard.of(suite)
     task = suite.task
     fields = [
         "model",
@@ -228,7 +243,7 @@ def run_reproduce(
                 }
             )
             for (label, weights, pre), slug in zip(VARIANTS, SLUGS, strict=True):
-                if students is not None and slug not in students:
+                if (students is not None and slug not in students) or slug in skipped:
                     continue
                 s_dir = out / "checkpoints" / f"seed{seed}" / slug
                 if not (s_dir / "config.json").is_file():
@@ -258,7 +273,7 @@ def run_reproduce(
                         "checkpoint": str(s_dir),
                     }
                 )
-    paths = [results_path, *write_table(rows, out, task, recipe_name, seeds)]
+    paths = [results_path, out / "skipped.json", *write_table(rows, out, task, recipe_name, seeds)]
     if eval_every > 0:
         paths += write_curves(rows, out, f"{suite.name}, {recipe_name} recipe, {seeds} seed(s)")
     return paths

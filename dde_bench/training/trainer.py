@@ -37,7 +37,7 @@ from torch import nn
 
 from dde_bench.cards import SuiteCard
 from dde_bench.data.suite import image_processor_for, load_suite_data
-from dde_bench.data.tokenize import model_tokenizer
+from dde_bench.data.tokenize import model_tokenizer, save_vocab
 from dde_bench.errors import UserError
 from dde_bench.evaluation import evaluate
 from dde_bench.modeling.checkpoint import (
@@ -738,7 +738,7 @@ def _train(cfg: TrainConfig) -> Path:
             "data_dir": str(data.data_dir),
         }
         save_model(model, out, meta)
-        tok.save_vocabulary(str(out))  # the checkpoint carries its tokenizer (vocab.txt)
+        save_vocab(tok, out)  # the checkpoint carries its tokenizer
         if cfg.stage == "pretrain":
             h = {k: v.detach().contiguous().cpu() for k, v in module.heads.state_dict().items()}
             save_file(h, str(out / HEADS_FILE))

@@ -1,0 +1,141 @@
+"""The paths real users bring: a dataset folder in its official layout with real JPEG files and nothing else (no
+vocab.txt), pointed at with --data-dir; checkpoints that carry their tokenizer and answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from dde_bench.data.synth import synthesize
+from dde_bench.tasks import SPLITS
+
+# the files of each official layout (the synthetic world also writes vocab.txt, captions and its own stats)
+SIZES = {
+    "nlvr2": {"train": 48, "dev": 24, "test1": 8},
+    "vqa": {"train2014": 48, "val2014": 24},
+    "snli-ve": {"train": 48, "dev": 24, "test": 8},
+}
+NOT_OFFICIAL = ("vocab.txt", "captions_train2014.json", "stats.json", "settings.json")
+
+
+def official_folder(tmp_path: Path, task: str) -> Path:
+    """A dataset folder in the task's official layout, images real JPEG (VQA, SNLI-VE) / PNG (NLVR2) files,
+    nothing else in it."""
+    d = tmp_path / f"{task}-data"
+    synthesize(task, d, seed=3, sizes=SIZES[task])
+    for name in NOT_OFFICIAL:
+        (d / name).unlink(missing_ok=True)
+    return d
+
+
+def _cli(*args, env: dict, cwd: Path):
+    """The CLI in a clean environment: no DDE_BENCH_* variable but those given."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DDE_BENCH_")}
+    return subprocess.run(
+        [sys.executable, "-m", "dde_bench.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+def test_official_folder_has_real_images_and_no_vocabulary(tmp_path):
+    d = official_folder(tmp_path, "vqa")
+    assert not (d / "vocab.txt").exists()
+    jpg = next((d / "val2014").glob("*.jpg"))
+    with Image.open(jpg) as im:
+        assert im.format == "JPEG"
+
+
+def test_trained_vocabulary_gives_bert_token_ids(tmp_path):
+    """A folder without vocab.txt gets a WordPiece vocabulary trained on its training split; the ids our datasets
+    hold equal transformers' BertTokenizerFast on that vocabulary, and the checkpoint carries it."""
+    from transformers import BertTokenizerFast
+
+    from dde_bench.cards import SuiteCard
+    from dde_bench.data.suite import load_suite_data
+    from dde_bench.modeling import size_config
+
+    d = official_folder(tmp_path, "snli-ve")
+    card = SuiteCard.from_dict({"name": "snli-ve", "task": "snli-ve"}).with_data_dir(d)
+    data = load_suite_data(card, tmp_path / "cache", size_config("tiny"), ("dev",))
+    vocab = next((tmp_path / "cache" / "tokenizers").glob("snli-ve-*/vocab.txt"))
+    bert = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    texts = [e.text for e in data.examples["dev"]]
+    ref = bert(texts, padding="max_length", truncation=True, max_length=24, return_tensors="pt")["input_ids"]
+    assert (data.datasets["dev"].input_ids == ref).all()
+    assert (ref != bert.unk_token_id).float().mean() > 0.9  # the words are in the vocabulary
+    # the same vocabulary the next time (cached), and the same ids after a save / load round trip
+    from dde_bench.data.tokenize import load_tokenizer, save_vocab, vocab_fingerprint
+
+    again = load_suite_data(card, tmp_path / "cache", size_config("tiny"))
+    assert vocab_fingerprint(again.tokenizer) == vocab_fingerprint(data.tokenizer)
+    save_vocab(data.tokenizer, tmp_path)
+    assert vocab_fingerprint(load_tokenizer(tmp_path)) == vocab_fingerprint(data.tokenizer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["nlvr2", "vqa", "snli-ve"])
+def test_end_to_end_on_an_official_folder(tmp_path, task):
+    """validate, train a teacher, train a student, run, report on a folder in the official layout with no
+    vocab.txt, all through --data-dir from another working folder; the accuracy `run` reports for the trained
+    teacher equals the one stored with its checkpoint, and every output lands under that folder."""
+    data = official_folder(tmp_path, task)
+    work = tmp_path / "work"
+    work.mkdir()
+    models = tmp_path / "models"
+    models.mkdir()
+    env = {"DDE_BENCH_MODELS": str(models)}
+    listing = sorted(p.relative_to(data) for p in data.rglob("*"))
+    suite = tmp_path / f"{task}-real.yaml"
+    card = {"name": f"{task}-real", "task": task, "models": ["my-teacher", "my-student"], "batch_sizes": [2]}
+    if task == "vqa":
+        card["data"] = {"answer_min_count": 2}
+    suite.write_text(yaml.safe_dump(card))
+    p = _cli(
+        "data", "validate", "--suite", str(suite), "--data-dir", str(data), "--decode", env=env, cwd=work
+    )
+    assert p.returncode == 0 and "ok (" in p.stdout, p.stderr
+    common = ["--suite", str(suite), "--data-dir", str(data), "--device", "cpu", "--threads", "1"]
+    p = _cli(
+        "train", "teacher", *common, "--steps", "6", "--batch-size", "8", "--out", "t", env=env, cwd=work
+    )
+    assert p.returncode == 0, p.stderr
+    p = _cli(
+        "train", "student", *common, "--teacher", "t", "--soft", "1", "--attention", "1",
+        "--steps", "4", "--batch-size", "8", "--out", "s", env=env, cwd=work,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    for ck in ("t", "s"):
+        assert (work / ck / "vocab.txt").is_file()  # the checkpoint carries its tokenizer
+    (models / "my-teacher.yaml").write_text(yaml.safe_dump({"kind": "teacher", "weights": str(work / "t")}))
+    (models / "my-student.yaml").write_text(
+        yaml.safe_dump({"kind": "student", "weights": str(work / "s"), "teacher": "my-teacher"})
+    )
+    p = _cli(
+        "run", "--suite", str(suite), "--data-dir", str(data), "--device", "cpu", "--threads", "1",
+        "--scenarios", "online,cached", "--min-iters", "2", "--min-time", "0", "--out", "run", env=env, cwd=work,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in (work / "run" / "results.jsonl").read_text().splitlines()]
+    teacher = [r for r in rows if r["model"] == "my-teacher"][0]
+    meta = json.loads((work / "t" / "config.json").read_text())["meta"]
+    assert 100 * teacher["accuracy"] == pytest.approx(meta["metrics"]["accuracy"], abs=1e-9)
+    assert {r["status"] for r in rows} == {"ok"}
+    assert (work / "run" / "report" / "report.html").is_file()
+    settings = json.loads((work / "run" / "run.json").read_text())["settings"]
+    assert (
+        settings["suite_card"]["data"]["data_dir"] == str(data) and settings["eval_split"] == SPLITS[task][1]
+    )
+    # everything written lives under the working folder (runs, the tokenizer cache), nothing in the data folder
+    assert (work / "reports" / "cache" / "tokenizers").is_dir()
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == listing
