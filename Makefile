@@ -38,7 +38,7 @@ test: install browser
 #  1. A/B speed: `dde-bench gate --against GATE_AGAINST` measures this checkout against its base commit (auto: the
 #     merge base with main, or HEAD~1 on main) on this machine, alternating worker processes of the two versions:
 #     the tiny student's cached call, the tiny teacher's call (batch 8, one thread) and their ratio. A gated call
-#     fails when it is slower by more than GATE_MAX_SLOWDOWN (ratio of medians) with p < 0.01 (one-sided Wilcoxon
+#     fails when it is slower by more than GATE_MAX_SLOWDOWN (median of the per-round ratios) with p < 0.01 (one-sided Wilcoxon
 #     signed-rank test over the paired rounds). Writes GATE_AB_OUT (gate.json, gate.md, base/ and change/ runs).
 #  2. in-run: the harness's speedup of the tiny student over its teacher (interleaved in one process, one thread)
 #     must reach GATE_MIN_SPEEDUP, a coarse floor that holds across machines (catches a broken cached path, not

@@ -13,7 +13,8 @@ inputs the gate saved once (the suite's evaluation batch, identical for both sid
 image features (outside the timed calls), warms up, and prints one ready line,
 ``{"ok": true, "threads": ..., "dde_bench_file": ...}``. Then each line on stdin holding a number N asks for one
 round: N interleaved calls of each (teacher, student, teacher, ...), answered with one line
-``{"teacher_ms": [...], "student_cached_ms": [...]}``. EOF ends it. Anything the version cannot do prints
+``{"teacher_ms": [...], "student_cached_ms": [...], "teacher_cpu_ms": [...], "student_cached_cpu_ms": [...]}``
+(wall time and the process's CPU time of each call). EOF ends it. Anything the version cannot do prints
 ``{"ok": false, "error": "..."}`` and exits 3.
 
 ``DDE_BENCH_INJECT_SLOWDOWN=cached=0.3`` (the harness's test-only switch, same semantics) makes the student's
@@ -92,15 +93,19 @@ def load(spec: dict[str, Any]) -> tuple[list[Callable[[], Any]], dict[str, Any]]
     return [teacher_call, slowed(student_call, "cached")], facts
 
 
-def time_round(fns: list[Callable[[], Any]], calls: int) -> list[list[float]]:
-    """``calls`` interleaved rounds of every fn (teacher, student, teacher, ...); per fn its times in ms."""
-    perf = time.perf_counter
-    samples: list[list[float]] = [[] for _ in fns]
+def time_round(fns: list[Callable[[], Any]], calls: int) -> list[tuple[list[float], list[float]]]:
+    """``calls`` interleaved rounds of every fn (teacher, student, teacher, ...); per fn its wall times
+    (``perf_counter``) and CPU times of this process (``process_time``: time another tenant holds the core is
+    not counted), both in ms."""
+    perf, cpu = time.perf_counter, time.process_time
+    samples: list[tuple[list[float], list[float]]] = [([], []) for _ in fns]
     for _ in range(calls):
-        for fn, out in zip(fns, samples, strict=True):
-            t0 = perf()
+        for fn, (wall, used) in zip(fns, samples, strict=True):
+            c0, t0 = cpu(), perf()
             fn()
-            out.append((perf() - t0) * 1e3)
+            t1, c1 = perf(), cpu()
+            wall.append((t1 - t0) * 1e3)
+            used.append((c1 - c0) * 1e3)
     return samples
 
 
@@ -117,8 +122,14 @@ def main(argv: list[str]) -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
-        teacher_ms, student_ms = time_round(fns, int(line))
-        print(json.dumps({"teacher_ms": teacher_ms, "student_cached_ms": student_ms}), flush=True)
+        (t_wall, t_cpu), (s_wall, s_cpu) = time_round(fns, int(line))
+        res = {
+            "teacher_ms": t_wall,
+            "student_cached_ms": s_wall,
+            "teacher_cpu_ms": t_cpu,
+            "student_cached_cpu_ms": s_cpu,
+        }
+        print(json.dumps(res), flush=True)
     return 0
 
 

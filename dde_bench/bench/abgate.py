@@ -12,15 +12,21 @@ first), so the two halves of a round are a fraction of a second apart and share 
 pair serves ``rounds`` rounds; ``processes`` fresh pairs run one after another so that effects of one process
 (memory layout, which core it got) do not decide the outcome.
 
+Clock: by default each call is timed by the worker's CPU time (``time.process_time``; one thread, so the CPU
+time of the one thread doing the work), not wall time: on a shared machine a call's wall time mostly says how
+long another tenant held the core (per-round noise of 30-50% measured at a load of 4-5 on 2 cores), while its
+CPU time is the work this version did. Wall times are recorded beside them (``--clock wall`` decides on them).
+A regression that waits rather than computes (sleep, I/O, lock contention) shows only on the wall clock.
+
 Why workers rather than one fresh process per round: on the 2-core shared machine a process start (torch import)
 takes about 2.5 s of a 3.5 s round, and the halves of a round were then seconds apart, long enough for another
 tenant's load to come or go between them (measured; see reports/baselines/README.md).
 
 Decision, per gated quantity, with the project's regression rule (``stats.regression_verdict``, paired): a
 regression is a slowdown that is significant (one-sided Wilcoxon signed-rank test over the rounds'
-``log(median change / median base)``, ``p < alpha``, default 0.01) *and* large (the ratio of medians over all
-calls, change / base, above ``1 + max_slowdown``, default 1.10). The interval printed next to the ratio is the
-paired bootstrap over rounds. The quantities: the student's cached call, the teacher's call, and the speedup
+``log(median change / median base)``, ``p < alpha``, default 0.01) *and* large (the median over rounds of the
+per-round ratio of medians, change / base, above ``1 + max_slowdown``, default 1.10). The interval printed next
+to the ratio is the paired bootstrap over rounds. The quantities: the student's cached call, the teacher's call, and the speedup
 as the student's cost in teacher calls (per interleaved call pair, student time / teacher time): that cost
 growing by more than 10% is the speedup falling by more than 9%.
 
@@ -35,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,7 +60,9 @@ from dde_bench.errors import UserError
 from dde_bench.resources import REPO_ROOT
 
 SIDES = ("base", "change")
-CALLS = ("student_cached", "teacher")  # the probe's sample lists, "<call>_ms"
+CALLS = ("student_cached", "teacher")
+CLOCKS = {"cpu": "_cpu", "wall": ""}  # the probe's sample lists: "<call><suffix>_ms"
+KEYS = tuple(c + suffix for suffix in CLOCKS.values() for c in CALLS)
 CHECKS = ("student cached call", "teacher call", "speedup (student cost in teacher calls)")
 INJECT_ENV = "DDE_BENCH_INJECT_SLOWDOWN"
 
@@ -75,7 +84,12 @@ class ABSettings:
     def total_rounds(self) -> int:
         return self.processes * self.rounds
 
+    def key(self, call: str) -> str:
+        """The sample list of ``call`` on the clock the gate decides on."""
+        return call + CLOCKS[self.clock]
+
     seed: int = 0
+    clock: str = "cpu"  # cpu: the process's CPU time per call (process_time); wall: perf_counter
     max_slowdown: float = 0.10
     alpha: float = 0.01
     weights: str = (
@@ -85,7 +99,8 @@ class ABSettings:
 
 @dataclass
 class ABResult:
-    """Samples of both sides (``samples[side][call]``: all rounds x calls, ms), verdicts and what was compared."""
+    """Samples of both sides (``samples[side][key]``, ``KEYS``: all rounds x calls, ms), verdicts, and what was
+    compared."""
 
     settings: ABSettings
     base_rev: str
@@ -110,18 +125,16 @@ class ABResult:
     def decide(self) -> None:
         """Apply the regression rule (paired over rounds) to each gated quantity, and the speedup per side."""
         s, seed = self.settings, self.settings.seed
+        st, te = s.key("student_cached"), s.key("teacher")
         b, c = self.samples["base"], self.samples["change"]
         rule = dict(max_slowdown=s.max_slowdown, alpha=s.alpha, paired=True, seed=seed)
         self.checks = {
-            CHECKS[0]: regression_verdict(b["student_cached"], c["student_cached"], **rule),
-            CHECKS[1]: regression_verdict(b["teacher"], c["teacher"], **rule),
-            CHECKS[2]: regression_verdict(
-                b["student_cached"] / b["teacher"], c["student_cached"] / c["teacher"], **rule
-            ),
+            CHECKS[0]: regression_verdict(b[st], c[st], **rule),
+            CHECKS[1]: regression_verdict(b[te], c[te], **rule),
+            CHECKS[2]: regression_verdict(b[st] / b[te], c[st] / c[te], **rule),
         }
         self.speedups = {
-            side: speedup(self.samples[side]["teacher"], self.samples[side]["student_cached"], seed=seed)
-            for side in SIDES
+            side: speedup(self.samples[side][te], self.samples[side][st], seed=seed) for side in SIDES
         }
 
     def summary(self) -> str:
@@ -139,19 +152,15 @@ class ABResult:
         """The checks as rows of strings (base and change medians, ratio [paired 95% CI], p, verdict)."""
         rows = []
         for name, v in self.checks.items():
-            if (
-                name == CHECKS[2]
-            ):  # the speedup as 1 / median cost, so that change/base = base / change speedup
-                cost = {
-                    side: self.samples[side]["student_cached"] / self.samples[side]["teacher"]
-                    for side in SIDES
-                }
+            st, te = self.settings.key("student_cached"), self.settings.key("teacher")
+            if name == CHECKS[2]:  # the speedup as 1 / median cost: change/base = base / change speedup
+                cost = {side: self.samples[side][st] / self.samples[side][te] for side in SIDES}
                 base_m = f"{1 / np.median(cost['base']):.2f}x"
                 new_m = f"{1 / np.median(cost['change']):.2f}x"
             else:
-                call = "student_cached" if name == CHECKS[0] else "teacher"
-                base_m = f"{np.median(self.samples['base'][call]):.3f} ms"
-                new_m = f"{np.median(self.samples['change'][call]):.3f} ms"
+                key = st if name == CHECKS[0] else te
+                base_m = f"{np.median(self.samples['base'][key]):.3f} ms"
+                new_m = f"{np.median(self.samples['change'][key]):.3f} ms"
             rows.append(
                 {
                     "check": name,
@@ -206,7 +215,7 @@ class ABResult:
             "settings": self.settings.__dict__,
             "rule": (
                 f"regressed when a one-sided Wilcoxon signed-rank test over rounds gives p < {self.settings.alpha:g} "
-                f"and the ratio of medians (change / base) exceeds {1 + self.settings.max_slowdown:.2f}"
+                f"and the median over rounds of the per-round ratio (change / base) exceeds {1 + self.settings.max_slowdown:.2f}"
             ),
             "checks": {name: verdict(v) for name, v in self.checks.items()},
             "speedup": {
@@ -214,7 +223,7 @@ class ABResult:
                 for side, e in self.speedups.items()
             },
             "round_medians_ms": {
-                side: {call: np.median(self.samples[side][call], axis=1).tolist() for call in CALLS}
+                side: {key: np.median(self.samples[side][key], axis=1).tolist() for key in KEYS}
                 for side in SIDES
             },
             "startup_s": self.startup_s,
@@ -401,7 +410,8 @@ def measure_ab(
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[float]]]:
     """Alternate rounds between the sides' workers (base, change; then change, base; ...).
 
-    Returns ``samples[side][call]`` as (all rounds) x calls arrays (ms) and each worker's start-up seconds.
+    Returns ``samples[side][key]`` (``KEYS``: each call's wall and CPU times) as (all rounds) x calls arrays
+    in ms, and each worker's start-up seconds.
     """
     spec = {
         "inputs": str(inputs),
@@ -411,7 +421,7 @@ def measure_ab(
         "warmup": settings.warmup,
         **meta,
     }
-    got: dict[str, dict[str, list[list[float]]]] = {s: {c: [] for c in CALLS} for s in SIDES}
+    got: dict[str, dict[str, list[list[float]]]] = {s: {k: [] for k in KEYS} for s in SIDES}
     startup: dict[str, list[float]] = {s: [] for s in SIDES}
     i = 0
     for p in range(settings.processes):
@@ -422,15 +432,15 @@ def measure_ab(
             for _ in range(settings.rounds):
                 for s in SIDES if i % 2 == 0 else SIDES[::-1]:
                     res = workers[s].round(settings.calls)
-                    for c in CALLS:
-                        got[s][c].append(res[f"{c}_ms"])
+                    for k in KEYS:
+                        got[s][k].append(res[f"{k}_ms"])
                 i += 1
         finally:
             for w in workers.values():
                 w.close()
         if console is not None:
             last = slice(-settings.rounds, None)
-            med = {s: {c: float(np.median(got[s][c][last])) for c in CALLS} for s in SIDES}
+            med = {s: {c: float(np.median(got[s][settings.key(c)][last])) for c in CALLS} for s in SIDES}
             console.print(
                 f"worker pair {p + 1}/{settings.processes}: "
                 + ", ".join(
@@ -438,7 +448,7 @@ def measure_ab(
                     for s in SIDES
                 )
             )
-    samples = {s: {c: np.asarray(got[s][c], dtype=float) for c in CALLS} for s in SIDES}
+    samples = {s: {k: np.asarray(got[s][k], dtype=float) for k in KEYS} for s in SIDES}
     return samples, startup
 
 
@@ -465,10 +475,11 @@ def write_gate_folder(result: ABResult, out: Path) -> None:
 
 
 def _row(result: ABResult, side: str, call: str) -> tuple[dict[str, Any], list[float]]:
-    """One results row of ``side`` for ``call`` (all rounds' calls pooled) and its raw samples (ms)."""
+    """One results row of ``side`` for ``call`` (all rounds' calls pooled, on the gate's clock; ``timer`` says
+    which) and its raw samples (ms); ``latency_wall_p50_ms`` is the wall-clock median beside it."""
     s = result.settings
-    a = result.samples[side][call]
-    flat = a.ravel()
+    flat = result.samples[side][s.key(call)].ravel()
+    wall = result.samples[side][call].ravel()
     model = f"{s.size}-teacher" if call == "teacher" else f"{s.size}-student"
     row: dict[str, Any] = {
         "suite": s.suite,
@@ -489,8 +500,11 @@ def _row(result: ABResult, side: str, call: str) -> tuple[dict[str, Any], list[f
         "latency_p99_ms": float(np.percentile(flat, 99)),
         "latency_mean_ms": float(flat.mean()),
         "n_samples": int(flat.size),
-        "throughput_per_s": s.batch_size * flat.size / (flat.sum() / 1e3),
-        "note": f"A/B gate probe ({side}), {s.weights}; {s.total_rounds} rounds x {s.calls} calls",
+        "throughput_per_s": s.batch_size * wall.size / (wall.sum() / 1e3),
+        "timer": "process_time" if s.clock == "cpu" else "perf_counter",
+        "latency_wall_p50_ms": float(np.median(wall)),
+        "note": f"A/B gate probe ({side}), {s.clock} time per call, {s.weights}; "
+        f"{s.total_rounds} rounds x {s.calls} calls",
         "gate_side": side,
         "gate_rounds": s.total_rounds,
         "gate_calls_per_round": s.calls,
@@ -543,6 +557,8 @@ def ab_gate(
         or min(settings.processes, settings.rounds, settings.calls, settings.threads) < 1
     ):
         raise UserError("need at least 2 rounds in all, and --processes, --rounds, --calls, --threads >= 1")
+    if settings.clock not in CLOCKS:
+        raise UserError(f"--clock: expected one of {', '.join(CLOCKS)}, got {settings.clock!r}")
     change_root = Path(change_root or REPO_ROOT).resolve()
     repo = Path(repo or change_root)
     out = Path(out)
@@ -551,6 +567,36 @@ def ab_gate(
     sha, base_desc = resolve_base(repo, against)
     change_desc = describe_change(change_root)
     t0 = time.perf_counter()
+    # a CI timeout's SIGTERM unwinds like Ctrl-C, so the workers end and the temporary worktree is removed
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        samples, startup, meta = _measure_in_worktree(
+            settings, repo, sha, change_root, cache_root, base_desc, change_desc, console
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    wall = time.perf_counter() - t0
+    result = ABResult(settings, sha, base_desc, change_desc, meta["task"], samples, startup, wall)
+    result.decide()
+    write_gate_folder(result, out)
+    return result
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _measure_in_worktree(
+    settings: ABSettings,
+    repo: Path,
+    sha: str,
+    change_root: Path,
+    cache_root: Path | None,
+    base_desc: str,
+    change_desc: str,
+    console: Console | None,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[float]], dict[str, Any]]:
+    """The inputs saved once, then ``measure_ab`` with the base checked out in a temporary worktree."""
     with tempfile.TemporaryDirectory(prefix="dde-gate-") as tmp, base_worktree(repo, sha) as base_root:
         inputs = Path(tmp) / "inputs.safetensors"
         meta = save_inputs(settings, inputs, cache_root)
@@ -564,8 +610,4 @@ def ab_gate(
         samples, startup = measure_ab(
             settings, {"base": base_root, "change": change_root}, inputs, meta, who, console
         )
-    wall = time.perf_counter() - t0
-    result = ABResult(settings, sha, base_desc, change_desc, meta["task"], samples, startup, wall)
-    result.decide()
-    write_gate_folder(result, out)
-    return result
+    return samples, startup, meta

@@ -16,7 +16,8 @@ Two sampling designs, one implementation each:
 The regression rule (``regression_verdict``, used by ``compare`` and by the speed gate): a latency has
 regressed only when the slowdown is **significant** (a one-sided test on the raw samples, ``p < alpha``:
 Mann-Whitney U for independent samples, Wilcoxon signed-rank on the per-round log ratios for paired rounds)
-**and large** (ratio of medians ``new / base`` above ``1 + max_slowdown``; with ``use_ci_low`` the bootstrap
+**and large** (the ratio ``new / base`` above ``1 + max_slowdown``: the ratio of medians for independent
+samples, the median of the per-round ratios of medians for paired rounds; with ``use_ci_low`` the bootstrap
 interval's lower end instead). Improvements mirror it.
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "MeanEstimate",
     "RegressionVerdict",
     "ratio_of_medians",
+    "median_round_ratio",
     "speedup",
     "mean_ci",
     "mann_whitney",
@@ -77,8 +79,9 @@ class MeanEstimate:
 class RegressionVerdict:
     """Is ``new`` slower (or faster) than ``base``? Both significance and effect size must say so.
 
-    ``ratio`` is ``median(new) / median(base)`` over all samples, with its bootstrap interval
-    ``[ci_low, ci_high]``; ``slowdown = ratio - 1`` (0.3 = 30% slower). ``p_value`` is the one-sided test
+    ``ratio`` is ``new / base`` (independent runs: the ratio of medians; paired rounds: the median of the
+    per-round ratios of medians), with its bootstrap interval ``[ci_low, ci_high]``; ``slowdown = ratio - 1``
+    (0.3 = 30% slower). ``p_value`` is the one-sided test
     that ``new`` is slower, ``p_faster`` that it is faster (``test`` names which test). ``verdict`` is
     ``regressed``, ``improved`` or ``ok``.
     """
@@ -218,6 +221,35 @@ def ratio_of_medians(
     return RatioEstimate(float(np.median(num) / point_den), lo, hi, confidence, n_boot, paired)
 
 
+def median_round_ratio(
+    numerator: Samples,
+    denominator: Samples,
+    *,
+    n_boot: int = N_BOOT,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> RatioEstimate:
+    """Median over paired rounds of ``median(numerator_i) / median(denominator_i)``, with a paired bootstrap
+    interval (round indices resampled; the statistic recomputed on each resample).
+
+    Each round's shared load cancels inside its own ratio, so load that swings between rounds does not move
+    the estimate, as it can move a ratio of medians pooled over all rounds. Rows are rounds (1-D: one call
+    per round); both sides need the same number of rounds.
+    """
+    num, den = _as_rounds(numerator, "numerator"), _as_rounds(denominator, "denominator")
+    if num.shape[0] != den.shape[0]:
+        raise ValueError(
+            f"paired samples need as many rounds on each side ({num.shape[0]} vs {den.shape[0]})"
+        )
+    md = np.median(den, axis=1)
+    if np.any(md <= 0):
+        raise ValueError("denominator medians must be positive in every round")
+    ratios = np.median(num, axis=1) / md
+    rng = np.random.default_rng(seed)
+    lo, hi = _interval(_bootstrap_stat(ratios, np.median, n_boot, rng), confidence)
+    return RatioEstimate(float(np.median(ratios)), lo, hi, confidence, n_boot, True)
+
+
 def speedup(
     baseline_samples: Samples,
     candidate_samples: Samples,
@@ -306,13 +338,18 @@ def regression_verdict(
     Significant: a one-sided test says ``new`` tends to be slower, ``p < alpha``: Mann-Whitney U on the raw
     samples when the two sides are independent runs, Wilcoxon signed-rank on the per-round log ratios when
     they are paired interleaved rounds (``paired=True``; 1-D: one call per round, 2-D: rounds x calls).
-    Large: ``median(new) / median(base) > 1 + max_slowdown``; with ``use_ci_low=True`` the bootstrap
-    interval's lower end must exceed it instead (stricter). Improved mirrors it: significantly faster and
+    Large: the ratio ``new / base`` above ``1 + max_slowdown``: for independent runs the ratio of medians
+    (``ratio_of_medians``), for paired rounds the median of the per-round ratios (``median_round_ratio``,
+    robust to load that swings between rounds); with ``use_ci_low=True`` the bootstrap interval's lower end
+    must exceed it instead (stricter). Improved mirrors it: significantly faster and
     ``ratio < 1 / (1 + max_slowdown)`` (or the interval's upper end, with ``use_ci_low``).
     A bare threshold on one number flaps on a shared machine; a bare test flags tiny, real but irrelevant
     differences once there are many samples. Requiring both does neither.
     """
-    est = ratio_of_medians(new_samples, base_samples, paired=paired, n_boot=n_boot, seed=seed)
+    if paired:
+        est = median_round_ratio(new_samples, base_samples, n_boot=n_boot, seed=seed)
+    else:
+        est = ratio_of_medians(new_samples, base_samples, n_boot=n_boot, seed=seed)
     if paired:
         test = "wilcoxon signed-rank over rounds"
         p_slow = wilcoxon_rounds(new_samples, base_samples, alternative="greater")

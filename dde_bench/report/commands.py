@@ -95,7 +95,8 @@ def gate_cmd(
         None, "--out", help="A/B: the gate folder to write (default reports/runs/gate-<time>)"
     ),
     max_slowdown: str = typer.Option(
-        "10%", help="A/B: latency growth allowed (ratio of medians, change / base), e.g. 10% or 0.1"
+        "10%",
+        help="A/B: latency growth allowed (median of the per-round ratios, change / base), e.g. 10% or 0.1",
     ),
     alpha: float = typer.Option(0.01, help="A/B: significance level of the one-sided paired test"),
     processes: int = typer.Option(
@@ -106,6 +107,10 @@ def gate_cmd(
     ),
     calls: int = typer.Option(10, help="A/B: timed calls of each model per worker and round"),
     threads: int = typer.Option(1, help="A/B: torch threads of every probe process"),
+    clock: str = typer.Option(
+        "cpu",
+        help="A/B: decide on each call's CPU time (cpu: immune to other tenants holding the core) or wall",
+    ),
 ) -> None:
     """Gate a run on in-run quantities (speedup measured interleaved, accuracy vs teacher) and/or, with
     --against REV, gate this checkout's speed against REV measured on this machine; exit 1 on failure."""
@@ -141,6 +146,7 @@ def gate_cmd(
                 rounds,
                 calls,
                 threads,
+                clock,
             ),
         )
     if code:
@@ -157,6 +163,7 @@ def _ab_gate(
     rounds: int,
     calls: int,
     threads: int,
+    clock: str,
 ) -> int:
     """The A/B speed gate (dde_bench.bench.abgate); prints its table and returns its exit code."""
     import json
@@ -178,6 +185,7 @@ def _ab_gate(
         rounds=rounds,
         calls=calls,
         threads=threads,
+        clock=clock,
     )
     result = ab_gate(against, out, settings, console=Console(stderr=True) if fmt == "text" else None)
     if fmt == "json":
