@@ -107,6 +107,7 @@ class ABResult:
     base_desc: str
     change_desc: str
     task: str
+    base_worktree: str  # where the base was checked out (removed when the gate ends)
     samples: dict[str, dict[str, np.ndarray]]
     startup_s: dict[str, list[float]]
     wall_s: float
@@ -211,6 +212,7 @@ class ABResult:
             "exit_code": self.exit_code,
             "base_rev": self.base_rev,
             "base": self.base_desc,
+            "base_worktree": self.base_worktree,
             "change": self.change_desc,
             "settings": self.settings.__dict__,
             "rule": (
@@ -388,8 +390,10 @@ class Worker:
             pass  # the worker died: _read reports why
         return self._read()
 
-    def close(self) -> None:
-        """End the worker (EOF on stdin; killed if it does not exit within 30 s)."""
+    def close(self, kill: bool = False) -> None:
+        """End the worker: EOF on stdin (killed if it does not exit within 30 s), or at once with ``kill``."""
+        if kill and self.proc.poll() is None:
+            self.proc.kill()
         if self.proc.poll() is None:
             try:
                 if self.proc.stdin is not None:
@@ -426,6 +430,7 @@ def measure_ab(
     i = 0
     for p in range(settings.processes):
         workers = {s: Worker(roots[s], spec, inject=s == "change", who=who[s]) for s in SIDES}
+        failed = True
         try:
             for s in SIDES:
                 startup[s].append(workers[s].ready())
@@ -435,9 +440,10 @@ def measure_ab(
                     for k in KEYS:
                         got[s][k].append(res[f"{k}_ms"])
                 i += 1
+            failed = False
         finally:
             for w in workers.values():
-                w.close()
+                w.close(kill=failed)
         if console is not None:
             last = slice(-settings.rounds, None)
             med = {s: {c: float(np.median(got[s][settings.key(c)][last])) for c in CALLS} for s in SIDES}
@@ -570,13 +576,15 @@ def ab_gate(
     # a CI timeout's SIGTERM unwinds like Ctrl-C, so the workers end and the temporary worktree is removed
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        samples, startup, meta = _measure_in_worktree(
+        samples, startup, meta, base_root = _measure_in_worktree(
             settings, repo, sha, change_root, cache_root, base_desc, change_desc, console
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - t0
-    result = ABResult(settings, sha, base_desc, change_desc, meta["task"], samples, startup, wall)
+    result = ABResult(
+        settings, sha, base_desc, change_desc, meta["task"], str(base_root), samples, startup, wall
+    )
     result.decide()
     write_gate_folder(result, out)
     return result
@@ -595,8 +603,9 @@ def _measure_in_worktree(
     base_desc: str,
     change_desc: str,
     console: Console | None,
-) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[float]], dict[str, Any]]:
-    """The inputs saved once, then ``measure_ab`` with the base checked out in a temporary worktree."""
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[float]], dict[str, Any], Path]:
+    """The inputs saved once, then ``measure_ab`` with the base checked out in a temporary worktree (its path
+    is returned; it no longer exists)."""
     with tempfile.TemporaryDirectory(prefix="dde-gate-") as tmp, base_worktree(repo, sha) as base_root:
         inputs = Path(tmp) / "inputs.safetensors"
         meta = save_inputs(settings, inputs, cache_root)
@@ -610,4 +619,4 @@ def _measure_in_worktree(
         samples, startup = measure_ab(
             settings, {"base": base_root, "change": change_root}, inputs, meta, who, console
         )
-    return samples, startup, meta
+    return samples, startup, meta, base_root
