@@ -47,7 +47,7 @@ GATE_OUT          ?= reports/runs/ci-gate
 GATE_AB_OUT       ?= reports/runs/ci-gate-ab
 GATE_AGAINST      ?= auto
 GATE_MAX_SLOWDOWN ?= 10%
-GATE_MIN_SPEEDUP  ?= 2.2
+GATE_MIN_SPEEDUP  ?= 1.8
 GATE_MAX_DROP     ?= 2%
 gate: install
 	rm -rf $(GATE_OUT) $(GATE_AB_OUT)

@@ -10,15 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from dde_bench.bench.abgate import CHECKS, ABResult, ABSettings, ab_gate, resolve_base
-from dde_bench.cli import app
 from dde_bench.errors import UserError
 from dde_bench.gate_probe import slowed
 from dde_bench.resources import REPO_ROOT
-
-runner = CliRunner()
+from tests.test_compare import _exit
 
 
 def _samples(rounds: int, calls: int, seed: int, drift: np.ndarray, student_ms: float, sigma: float) -> dict:
@@ -149,15 +146,6 @@ def test_rev_that_cannot_be_measured_is_one_line(tiny_repo: Path, use_bench_env,
     assert "No module named 'dde_bench.modeling'" in msg
     assert not (tmp_path / "gate").exists()
     assert "dde-gate-base" not in _git(tiny_repo, "worktree", "list")  # the temporary worktree is gone
-
-
-def _exit(args: list[str]) -> tuple[int, str]:
-    """Run the CLI as main() does: UserError -> exit code 2."""
-    try:
-        res = runner.invoke(app, args, catch_exceptions=False)
-    except UserError as e:
-        return e.exit_code, str(e)
-    return res.exit_code, res.output
 
 
 def test_gate_needs_a_run_or_against() -> None:

@@ -12,10 +12,10 @@ first), so the two halves of a round are a fraction of a second apart and share 
 pair serves ``rounds`` rounds; ``processes`` fresh pairs run one after another so that effects of one process
 (memory layout, which core it got) do not decide the outcome.
 
-Clock: by default each call is timed by the worker's CPU time (``time.process_time``; one thread, so the CPU
-time of the one thread doing the work), not wall time: on a shared machine a call's wall time mostly says how
-long another tenant held the core (per-round noise of 30-50% measured at a load of 4-5 on 2 cores), while its
-CPU time is the work this version did. Wall times are recorded beside them (``--clock wall`` decides on them).
+Clock: by default each call is timed by the worker's CPU time (``time.process_time``, all its threads; the gate
+uses one), not wall time: on a shared machine a call's wall time also says how long another tenant held the
+core (per-round noise of the student's call 15-51% on the wall clock, 5-21% on the CPU clock, measured at a load
+of 4-7 on 2 cores), while its CPU time is the work this version did. Wall times are recorded beside them (``--clock wall`` decides on them).
 A regression that waits rather than computes (sleep, I/O, lock contention) shows only on the wall clock.
 
 Why workers rather than one fresh process per round: on the 2-core shared machine a process start (torch import)
@@ -26,9 +26,9 @@ Decision, per gated quantity, with the project's regression rule (``stats.regres
 regression is a slowdown that is significant (one-sided Wilcoxon signed-rank test over the rounds'
 ``log(median change / median base)``, ``p < alpha``, default 0.01) *and* large (the median over rounds of the
 per-round ratio of medians, change / base, above ``1 + max_slowdown``, default 1.10). The interval printed next
-to the ratio is the paired bootstrap over rounds. The quantities: the student's cached call, the teacher's call, and the speedup
-as the student's cost in teacher calls (per interleaved call pair, student time / teacher time): that cost
-growing by more than 10% is the speedup falling by more than 9%.
+to the ratio is the paired bootstrap over rounds. The quantities: the student's cached call, the teacher's
+call, and the speedup as the student's cost in teacher calls (per interleaved call pair, student time / teacher
+time): that cost growing by more than 10% is the speedup falling by more than 9%.
 
 Output: a gate folder with ``gate.json`` and ``gate.md`` (per-round medians, ratios, intervals, verdicts) and
 two run folders in the results schema, ``base/`` and ``change/`` (rows ``tiny-teacher`` and ``tiny-student``,
