@@ -125,3 +125,18 @@ def test_parse_fraction() -> None:
     assert parse_fraction("0.1", "--x") == pytest.approx(0.1)
     with pytest.raises(UserError, match="--x"):
         parse_fraction("ten", "--x")
+
+
+def test_compare_uses_the_one_regression_rule(runs: dict[str, Path]) -> None:
+    """compare's latency evidence is stats.regression_verdict on the raw samples (independent runs)."""
+    from dde_bench.bench.stats import regression_verdict
+    from dde_bench.report.load import load_run
+
+    base, new = load_run(runs["base"]), load_run(runs["slow30"])
+    res = compare_runs(runs["base"], runs["slow30"])
+    for r in res.rows:
+        k = tuple(r.key.values())
+        if k in base.raw and k in new.raw:
+            v = regression_verdict(base.raw[k], new.raw[k])
+            assert (r.latency_ratio, r.ratio_ci_low, r.ratio_ci_high) == (v.ratio, v.ci_low, v.ci_high)
+            assert r.p_slower == v.p_value and (r.verdict == "regressed") == v.regressed

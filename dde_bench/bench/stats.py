@@ -1,8 +1,24 @@
-"""Statistics on raw samples: speedup with a bootstrap interval, accuracy intervals, regression verdicts.
+"""Statistics on raw samples: ratios of medians with bootstrap intervals, accuracy intervals, and the
+project's one regression rule.
 
 All bootstraps are percentile bootstraps with a seeded ``numpy.random.Generator`` (same inputs and seed,
-same interval). Two sample sets are resampled independently of each other, as two independent runs are.
-Resampling runs in chunks so memory stays bounded (about ``chunk x n`` floats) whatever the sample count.
+same interval). Resampling runs in chunks so memory stays bounded (about ``chunk x n`` floats).
+
+Two sampling designs, one implementation each:
+
+* **independent** samples (two separate runs): each side is resampled on its own, at its own size;
+* **paired** samples from interleaved rounds (``timing.measure_interleaved`` in one process, or the speed
+  gate's alternating processes): round ``i`` of one side was measured next to round ``i`` of the other, so
+  *round indices* are resampled, the same indices for both sides. Drift shared by a round (another tenant,
+  clocks, thermal) then moves both sides together and cancels in the ratio instead of widening the interval.
+  Samples are 1-D (one call per round) or 2-D (rows are rounds, each row that round's calls).
+
+The regression rule (``regression_verdict``, used by ``compare`` and by the speed gate): a latency has
+regressed only when the slowdown is **significant** (a one-sided test on the raw samples, ``p < alpha``:
+Mann-Whitney U for independent samples, Wilcoxon signed-rank on the per-round log ratios for paired rounds)
+**and large** (the ratio ``new / base`` above ``1 + max_slowdown``: the ratio of medians for independent
+samples, the median of the per-round ratios of medians for paired rounds; with ``use_ci_low`` the bootstrap
+interval's lower end instead). Improvements mirror it.
 """
 
 from __future__ import annotations
@@ -18,9 +34,11 @@ __all__ = [
     "MeanEstimate",
     "RegressionVerdict",
     "ratio_of_medians",
+    "median_round_ratio",
     "speedup",
     "mean_ci",
     "mann_whitney",
+    "wilcoxon_rounds",
     "regression_verdict",
 ]
 
@@ -28,16 +46,22 @@ N_BOOT = 2000
 CONFIDENCE = 0.95
 _CHUNK_ELEMENTS = 2_000_000  # floats per resampling chunk (16 MB)
 
+Samples = Sequence[float] | Sequence[Sequence[float]] | np.ndarray
+
 
 @dataclass(frozen=True)
 class RatioEstimate:
-    """``ratio = median(numerator) / median(denominator)`` with a bootstrap interval."""
+    """``ratio = median(numerator) / median(denominator)`` with a bootstrap interval.
+
+    ``paired``: whether round indices were resampled jointly (interleaved rounds) or each side on its own.
+    """
 
     ratio: float
     ci_low: float
     ci_high: float
     confidence: float
     n_boot: int
+    paired: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,27 +77,70 @@ class MeanEstimate:
 
 @dataclass(frozen=True)
 class RegressionVerdict:
-    """Is ``new`` slower than ``base``? Both significance and effect size must say so.
+    """Is ``new`` slower (or faster) than ``base``? Both significance and effect size must say so.
 
-    ``slowdown`` is ``median(new) / median(base) - 1`` (0.3 = 30% slower); its interval comes from the
-    bootstrap of the ratio of medians; ``p_value`` is the one-sided Mann-Whitney U test (new > base).
+    ``ratio`` is ``new / base`` (independent runs: the ratio of medians; paired rounds: the median of the
+    per-round ratios of medians), with its bootstrap interval ``[ci_low, ci_high]``; ``slowdown = ratio - 1``
+    (0.3 = 30% slower). ``p_value`` is the one-sided test
+    that ``new`` is slower, ``p_faster`` that it is faster (``test`` names which test). ``verdict`` is
+    ``regressed``, ``improved`` or ``ok``.
     """
 
-    regressed: bool
-    slowdown: float
-    slowdown_ci_low: float
-    slowdown_ci_high: float
+    verdict: str
+    ratio: float
+    ci_low: float
+    ci_high: float
     p_value: float
+    p_faster: float
     significant: bool
     max_slowdown: float
     alpha: float
+    paired: bool
+    test: str
+    n_base: int
+    n_new: int
     reason: str
 
+    @property
+    def regressed(self) -> bool:
+        return self.verdict == "regressed"
 
-def _as_samples(x: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    @property
+    def improved(self) -> bool:
+        return self.verdict == "improved"
+
+    @property
+    def slowdown(self) -> float:
+        return self.ratio - 1.0
+
+    @property
+    def slowdown_ci_low(self) -> float:
+        return self.ci_low - 1.0
+
+    @property
+    def slowdown_ci_high(self) -> float:
+        return self.ci_high - 1.0
+
+
+def _as_samples(x: Samples, name: str) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64).ravel()
     if a.size == 0:
         raise ValueError(f"{name}: no samples")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: samples must be finite")
+    return a
+
+
+def _as_rounds(x: Samples, name: str) -> np.ndarray:
+    """Samples as a 2-D array, one row per round (1-D input: one call per round)."""
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except ValueError:
+        raise ValueError(f"{name}: every round must hold the same number of samples") from None
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"{name}: expected samples per round (1-D or rounds x calls), got shape {a.shape}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name}: samples must be finite")
     return a
@@ -92,6 +159,23 @@ def _bootstrap_stat(
     return out
 
 
+def _bootstrap_paired_ratio(
+    num: np.ndarray, den: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n_boot`` ratios of medians over resampled round indices (the same rows for both sides)."""
+    rounds = num.shape[0]
+    out = np.empty(n_boot, dtype=np.float64)
+    chunk = max(1, _CHUNK_ELEMENTS // (num.size + den.size))
+    for lo in range(0, n_boot, chunk):
+        hi = min(n_boot, lo + chunk)
+        idx = rng.integers(0, rounds, size=(hi - lo, rounds))
+        bn = np.median(num[idx].reshape(hi - lo, -1), axis=1)
+        bd = np.median(den[idx].reshape(hi - lo, -1), axis=1)
+        with np.errstate(divide="ignore"):
+            out[lo:hi] = bn / bd
+    return out
+
+
 def _interval(boot: np.ndarray, confidence: float) -> tuple[float, float]:
     tail = (1.0 - confidence) / 2.0 * 100.0
     lo, hi = np.percentile(boot, [tail, 100.0 - tail])
@@ -99,34 +183,78 @@ def _interval(boot: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def ratio_of_medians(
-    numerator: Sequence[float] | np.ndarray,
-    denominator: Sequence[float] | np.ndarray,
+    numerator: Samples,
+    denominator: Samples,
     *,
+    paired: bool = False,
     n_boot: int = N_BOOT,
     confidence: float = CONFIDENCE,
     seed: int = 0,
 ) -> RatioEstimate:
     """``median(numerator) / median(denominator)`` with a percentile-bootstrap interval.
 
-    Each sample set is resampled independently (with replacement, at its own size) ``n_boot`` times.
+    ``paired=False``: independent sample sets, each resampled on its own (with replacement, at its size).
+    ``paired=True``: both sides come from the same interleaved rounds (1-D: one call per round; 2-D: rows are
+    rounds); round indices are resampled, the same for both sides (a block bootstrap when rounds hold
+    several calls). Both sides need the same number of rounds.
     """
-    num = _as_samples(numerator, "numerator")
-    den = _as_samples(denominator, "denominator")
-    if np.median(den) <= 0:
+    if paired:
+        num, den = _as_rounds(numerator, "numerator"), _as_rounds(denominator, "denominator")
+        if num.shape[0] != den.shape[0]:
+            raise ValueError(
+                f"paired samples need as many rounds on each side ({num.shape[0]} vs {den.shape[0]})"
+            )
+    else:
+        num, den = _as_samples(numerator, "numerator"), _as_samples(denominator, "denominator")
+    point_den = float(np.median(den))
+    if point_den <= 0:
         raise ValueError("denominator median must be positive")
     rng = np.random.default_rng(seed)
-    boot_num = _bootstrap_stat(num, np.median, n_boot, rng)
-    boot_den = _bootstrap_stat(den, np.median, n_boot, rng)
-    with np.errstate(divide="ignore"):
-        boot = boot_num / boot_den
+    if paired:
+        boot = _bootstrap_paired_ratio(num, den, n_boot, rng)
+    else:
+        boot_num = _bootstrap_stat(num, np.median, n_boot, rng)
+        boot_den = _bootstrap_stat(den, np.median, n_boot, rng)
+        with np.errstate(divide="ignore"):
+            boot = boot_num / boot_den
     lo, hi = _interval(boot, confidence)
-    return RatioEstimate(float(np.median(num) / np.median(den)), lo, hi, confidence, n_boot)
+    return RatioEstimate(float(np.median(num) / point_den), lo, hi, confidence, n_boot, paired)
+
+
+def median_round_ratio(
+    numerator: Samples,
+    denominator: Samples,
+    *,
+    n_boot: int = N_BOOT,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> RatioEstimate:
+    """Median over paired rounds of ``median(numerator_i) / median(denominator_i)``, with a paired bootstrap
+    interval (round indices resampled; the statistic recomputed on each resample).
+
+    Each round's shared load cancels inside its own ratio, so load that swings between rounds does not move
+    the estimate, as it can move a ratio of medians pooled over all rounds. Rows are rounds (1-D: one call
+    per round); both sides need the same number of rounds.
+    """
+    num, den = _as_rounds(numerator, "numerator"), _as_rounds(denominator, "denominator")
+    if num.shape[0] != den.shape[0]:
+        raise ValueError(
+            f"paired samples need as many rounds on each side ({num.shape[0]} vs {den.shape[0]})"
+        )
+    md = np.median(den, axis=1)
+    if np.any(md <= 0):
+        raise ValueError("denominator medians must be positive in every round")
+    ratios = np.median(num, axis=1) / md
+    rng = np.random.default_rng(seed)
+    lo, hi = _interval(_bootstrap_stat(ratios, np.median, n_boot, rng), confidence)
+    return RatioEstimate(float(np.median(ratios)), lo, hi, confidence, n_boot, True)
 
 
 def speedup(
-    baseline_samples: Sequence[float] | np.ndarray,
-    candidate_samples: Sequence[float] | np.ndarray,
+    baseline_samples: Samples,
+    candidate_samples: Samples,
     *,
+    paired: bool | None = None,
     n_boot: int = N_BOOT,
     confidence: float = CONFIDENCE,
     seed: int = 0,
@@ -134,10 +262,18 @@ def speedup(
     """Speedup of the candidate over the baseline: ``median(baseline time) / median(candidate time)``.
 
     For DiDE: ``speedup(teacher.samples_s, student.samples_s)``; > 1 means the student is faster.
-    Use samples measured interleaved in one process (``timing.measure_interleaved``).
+    Meant for samples measured interleaved in one process (``timing.measure_interleaved``): sample ``i`` of
+    both lists comes from round ``i``. ``paired=None`` (the default) therefore pairs the two lists when they
+    have the same length, resampling round indices jointly (``ratio_of_medians(..., paired=True)``); lists of
+    different lengths cannot be paired and are resampled independently. For independent samples of equal
+    length the paired and the independent bootstrap agree (the shared indices carry no shared drift), so
+    pairing costs nothing when there was no interleaving. ``paired=True`` / ``False`` forces either.
     """
+    if paired is None:
+        b, c = np.asarray(baseline_samples), np.asarray(candidate_samples)
+        paired = b.shape == c.shape and b.ndim in (1, 2)
     return ratio_of_medians(
-        baseline_samples, candidate_samples, n_boot=n_boot, confidence=confidence, seed=seed
+        baseline_samples, candidate_samples, paired=paired, n_boot=n_boot, confidence=confidence, seed=seed
     )
 
 
@@ -156,64 +292,106 @@ def mean_ci(
     return MeanEstimate(float(a.mean()), lo, hi, confidence, int(a.size))
 
 
-def mann_whitney(
-    a: Sequence[float] | np.ndarray,
-    b: Sequence[float] | np.ndarray,
-    *,
-    alternative: str = "two-sided",
-) -> tuple[float, float]:
+def mann_whitney(a: Samples, b: Samples, *, alternative: str = "two-sided") -> tuple[float, float]:
     """Mann-Whitney U test of ``a`` against ``b``; returns ``(U statistic of a, p-value)``.
 
     ``alternative="greater"`` tests whether ``a`` tends to be larger than ``b`` (e.g. new slower than base).
+    Two constant, identical sample sets give p = 1.
     """
-    res = _sps.mannwhitneyu(_as_samples(a, "a"), _as_samples(b, "b"), alternative=alternative)
-    return float(res.statistic), float(res.pvalue)
+    x, y = _as_samples(a, "a"), _as_samples(b, "b")
+    res = _sps.mannwhitneyu(x, y, alternative=alternative)
+    p = float(res.pvalue)
+    return float(res.statistic), 1.0 if np.isnan(p) else p
+
+
+def wilcoxon_rounds(new: Samples, base: Samples, *, alternative: str = "greater") -> float:
+    """One-sided Wilcoxon signed-rank p-value over paired rounds: is ``new`` slower (``greater``) or faster
+    (``less``) than ``base``? Tested on ``log(median(new_i) / median(base_i))`` per round ``i`` (exact for
+    up to 50 rounds). Rounds with no difference are dropped; none left gives p = 1.
+    """
+    n, b = _as_rounds(new, "new"), _as_rounds(base, "base")
+    if n.shape[0] != b.shape[0]:
+        raise ValueError(f"paired samples need as many rounds on each side ({n.shape[0]} vs {b.shape[0]})")
+    mn, mb = np.median(n, axis=1), np.median(b, axis=1)
+    if np.any(mn <= 0) or np.any(mb <= 0):
+        raise ValueError("paired rounds need positive medians")
+    d = np.log(mn / mb)
+    if not np.any(d != 0):
+        return 1.0
+    p = float(_sps.wilcoxon(d, alternative=alternative).pvalue)
+    return 1.0 if np.isnan(p) else p
 
 
 def regression_verdict(
-    base_samples: Sequence[float] | np.ndarray,
-    new_samples: Sequence[float] | np.ndarray,
+    base_samples: Samples,
+    new_samples: Samples,
     max_slowdown: float = 0.10,
     alpha: float = 0.01,
     *,
+    paired: bool = False,
     use_ci_low: bool = False,
     n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> RegressionVerdict:
-    """Flag a latency regression only if it is both significant and large enough.
+    """The project's regression rule: a latency regressed only if the slowdown is significant *and* large.
 
-    Significant: the one-sided Mann-Whitney U test says ``new`` tends to be slower, ``p < alpha``.
-    Large enough: ``median(new) / median(base) - 1 > max_slowdown``; with ``use_ci_low=True`` the
-    bootstrap interval's lower bound must exceed it instead (stricter: few false alarms on noisy CI).
-    A bare threshold on one number flaps on a shared machine; a bare test flags tiny, real but
-    irrelevant differences once there are many samples. Requiring both does neither.
+    Significant: a one-sided test says ``new`` tends to be slower, ``p < alpha``: Mann-Whitney U on the raw
+    samples when the two sides are independent runs, Wilcoxon signed-rank on the per-round log ratios when
+    they are paired interleaved rounds (``paired=True``; 1-D: one call per round, 2-D: rounds x calls).
+    Large: the ratio ``new / base`` above ``1 + max_slowdown``: for independent runs the ratio of medians
+    (``ratio_of_medians``), for paired rounds the median of the per-round ratios (``median_round_ratio``,
+    robust to load that swings between rounds); with ``use_ci_low=True`` the bootstrap interval's lower end
+    must exceed it instead (stricter). Improved mirrors it: significantly faster and
+    ``ratio < 1 / (1 + max_slowdown)`` (or the interval's upper end, with ``use_ci_low``).
+    A bare threshold on one number flaps on a shared machine; a bare test flags tiny, real but irrelevant
+    differences once there are many samples. Requiring both does neither.
     """
-    base = _as_samples(base_samples, "base_samples")
-    new = _as_samples(new_samples, "new_samples")
-    _, p = mann_whitney(new, base, alternative="greater")
-    est = ratio_of_medians(new, base, n_boot=n_boot, seed=seed)
-    slowdown = est.ratio - 1.0
-    lo, hi = est.ci_low - 1.0, est.ci_high - 1.0
-    effect = lo if use_ci_low else slowdown
-    significant = p < alpha
-    large = effect > max_slowdown
-    what = "CI lower bound of slowdown" if use_ci_low else "slowdown"
-    if significant and large:
-        reason = f"regressed: {what} {effect:+.1%} > {max_slowdown:.0%} and p={p:.2g} < {alpha}"
-    elif significant:
-        reason = f"not regressed: significant (p={p:.2g}) but {what} {effect:+.1%} <= {max_slowdown:.0%}"
-    elif large:
-        reason = f"not regressed: {what} {effect:+.1%} but not significant (p={p:.2g} >= {alpha})"
+    if paired:
+        est = median_round_ratio(new_samples, base_samples, n_boot=n_boot, seed=seed)
     else:
-        reason = f"not regressed: {what} {effect:+.1%}, p={p:.2g}"
+        est = ratio_of_medians(new_samples, base_samples, n_boot=n_boot, seed=seed)
+    if paired:
+        test = "wilcoxon signed-rank over rounds"
+        p_slow = wilcoxon_rounds(new_samples, base_samples, alternative="greater")
+        p_fast = wilcoxon_rounds(new_samples, base_samples, alternative="less")
+        n_base, n_new = _as_rounds(base_samples, "base").shape[0], _as_rounds(new_samples, "new").shape[0]
+    else:
+        test = "mann-whitney u"
+        _, p_slow = mann_whitney(new_samples, base_samples, alternative="greater")
+        _, p_fast = mann_whitney(new_samples, base_samples, alternative="less")
+        n_base, n_new = _as_samples(base_samples, "base").size, _as_samples(new_samples, "new").size
+    slow_effect = est.ci_low if use_ci_low else est.ratio
+    fast_effect = est.ci_high if use_ci_low else est.ratio
+    bound = 1.0 + max_slowdown
+    what = "ratio CI low" if use_ci_low else "ratio"
+    if p_slow < alpha and slow_effect > bound:
+        verdict = "regressed"
+        reason = f"regressed: {what} {slow_effect:.3f} > {bound:.3f} and p={p_slow:.2g} < {alpha:g}"
+    elif p_fast < alpha and fast_effect < 1.0 / bound:
+        verdict = "improved"
+        reason = f"improved: ratio {fast_effect:.3f} < {1 / bound:.3f} and p={p_fast:.2g} < {alpha:g}"
+    elif p_slow < alpha:
+        verdict = "ok"
+        reason = f"not regressed: significant (p={p_slow:.2g}) but {what} {slow_effect:.3f} <= {bound:.3f}"
+    elif slow_effect > bound:
+        verdict = "ok"
+        reason = f"not regressed: {what} {slow_effect:.3f} but not significant (p={p_slow:.2g} >= {alpha:g})"
+    else:
+        verdict = "ok"
+        reason = f"not regressed: {what} {slow_effect:.3f}, p={p_slow:.2g}"
     return RegressionVerdict(
-        regressed=bool(significant and large),
-        slowdown=slowdown,
-        slowdown_ci_low=lo,
-        slowdown_ci_high=hi,
-        p_value=p,
-        significant=significant,
+        verdict=verdict,
+        ratio=est.ratio,
+        ci_low=est.ci_low,
+        ci_high=est.ci_high,
+        p_value=p_slow,
+        p_faster=p_fast,
+        significant=p_slow < alpha,
         max_slowdown=max_slowdown,
         alpha=alpha,
+        paired=paired,
+        test=test,
+        n_base=int(n_base),
+        n_new=int(n_new),
         reason=reason,
     )

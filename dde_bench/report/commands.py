@@ -71,7 +71,9 @@ def compare_cmd(
 
 
 def gate_cmd(
-    run: Path = typer.Argument(..., help="run folder"),
+    run: Path | None = typer.Argument(
+        None, help="run folder for the in-run checks (optional with --against)", show_default=False
+    ),
     min_speedup: float = typer.Option(2.0, help="lowest allowed speedup of the student over its teacher"),
     on: str = typer.Option(
         "ci-low",
@@ -82,21 +84,115 @@ def gate_cmd(
     scenario: str = typer.Option("cached", help="scenario whose student rows are gated"),
     model: list[str] | None = typer.Option(None, "--model", help="gate only these students (repeatable)"),
     fmt: str = typer.Option("text", "--format", help="text | markdown | json"),
+    against: str | None = typer.Option(
+        None,
+        "--against",
+        help="A/B speed gate: measure this checkout against REV (a commit, branch, HEAD~1; 'auto' = the merge "
+        "base with main, or HEAD~1 on main) in alternating processes on this machine",
+        metavar="REV",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="A/B: the gate folder to write (default reports/runs/gate-<time>)"
+    ),
+    max_slowdown: str = typer.Option(
+        "10%",
+        help="A/B: latency growth allowed (median of the per-round ratios, change / base), e.g. 10% or 0.1",
+    ),
+    alpha: float = typer.Option(0.01, help="A/B: significance level of the one-sided paired test"),
+    processes: int = typer.Option(
+        2, help="A/B: fresh worker pairs (one process per side), one after another"
+    ),
+    rounds: int = typer.Option(
+        15, help="A/B: rounds per worker pair (each side times --calls calls per round)"
+    ),
+    calls: int = typer.Option(10, help="A/B: timed calls of each model per worker and round"),
+    threads: int = typer.Option(1, help="A/B: torch threads of every probe process"),
+    clock: str = typer.Option(
+        "cpu",
+        help="A/B: decide on each call's CPU time (cpu: immune to other tenants holding the core) or wall",
+    ),
 ) -> None:
-    """Gate a run on in-run quantities (speedup measured interleaved, accuracy vs teacher); exit 1 on failure."""
-    from dde_bench.report.compare import gate_run
-
+    """Gate a run on in-run quantities (speedup measured interleaved, accuracy vs teacher) and/or, with
+    --against REV, gate this checkout's speed against REV measured on this machine; exit 1 on failure."""
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    result = gate_run(
-        run,
-        min_speedup=min_speedup,
-        max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop"),
-        scenario=scenario,
-        models=list(model) if model else None,
-        on=on,
+    if run is None and against is None:
+        raise UserError("gate: give a RUN folder (in-run checks), --against REV (A/B speed gate), or both")
+    code = 0
+    if run is not None:
+        from dde_bench.report.compare import gate_run
+
+        result = gate_run(
+            run,
+            min_speedup=min_speedup,
+            max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop"),
+            scenario=scenario,
+            models=list(model) if model else None,
+            on=on,
+        )
+        text = {"text": result.to_text, "markdown": result.to_markdown, "json": result.to_json}[fmt]()
+        typer.echo(text.rstrip("\n"))
+        code = max(code, result.exit_code)
+    if against is not None:
+        code = max(
+            code,
+            _ab_gate(
+                against,
+                out,
+                fmt,
+                parse_fraction(max_slowdown, "--max-slowdown"),
+                alpha,
+                processes,
+                rounds,
+                calls,
+                threads,
+                clock,
+            ),
+        )
+    if code:
+        raise typer.Exit(code)
+
+
+def _ab_gate(
+    against: str,
+    out: Path | None,
+    fmt: str,
+    max_slowdown: float,
+    alpha: float,
+    processes: int,
+    rounds: int,
+    calls: int,
+    threads: int,
+    clock: str,
+) -> int:
+    """The A/B speed gate (dde_bench.bench.abgate); prints its table and returns its exit code."""
+    import json
+    from datetime import datetime
+
+    from rich.console import Console
+
+    from dde_bench.bench.abgate import ABSettings, ab_gate
+    from dde_bench.resources import REPO_ROOT
+
+    if not 0 < alpha < 1:
+        raise UserError(f"--alpha: expected a value between 0 and 1, got {alpha}")
+    if out is None:
+        out = REPO_ROOT / "reports" / "runs" / f"gate-{datetime.now():%Y%m%d-%H%M%S}"
+    settings = ABSettings(
+        max_slowdown=max_slowdown,
+        alpha=alpha,
+        processes=processes,
+        rounds=rounds,
+        calls=calls,
+        threads=threads,
+        clock=clock,
     )
-    text = {"text": result.to_text, "markdown": result.to_markdown, "json": result.to_json}[fmt]()
+    result = ab_gate(against, out, settings, console=Console(stderr=True) if fmt == "text" else None)
+    if fmt == "json":
+        text = json.dumps(result.to_dict(), indent=2)
+    else:
+        text = result.to_markdown() if fmt == "markdown" else result.to_text()
     typer.echo(text.rstrip("\n"))
-    if result.exit_code:
-        raise typer.Exit(result.exit_code)
+    if fmt != "json":
+        typer.echo(f"wrote {out} (gate.json, gate.md, base/ and change/ run folders)")
+    return result.exit_code

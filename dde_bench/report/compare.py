@@ -1,10 +1,11 @@
 """Compare two runs row by row (regression check) and gate one run on in-run quantities.
 
-compare_runs: rows matched by schema.MATCH_KEYS. A row's latency counts as regressed only when the slowdown is
-both statistically significant on the raw samples (one-sided Mann-Whitney U at ``alpha``) and larger than
-``max_slowdown`` (ratio of medians); a bootstrap 95% interval of that ratio is reported alongside. Accuracy
-regresses when it drops by more than ``max_accuracy_drop`` and the two bootstrap intervals exclude each other's
-point estimate; memory when it grows by more than ``max_memory_growth``.
+compare_runs: rows matched by schema.MATCH_KEYS. A row's latency is judged by the project's one regression rule,
+``bench.stats.regression_verdict`` on the raw samples of two independent runs: regressed only when the slowdown
+is both significant (one-sided Mann-Whitney U at ``alpha``) and larger than ``max_slowdown`` (ratio of medians);
+the bootstrap 95% interval of that ratio is reported alongside. Accuracy regresses when it drops by more than
+``max_accuracy_drop`` and the two bootstrap intervals exclude each other's point estimate; memory when it grows
+by more than ``max_memory_growth``.
 
 gate_run: checks what survives a machine of unknown speed: each student's speedup over its teacher (measured
 interleaved in the same process) and its accuracy relative to the teacher's.
@@ -21,30 +22,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
 
 from dde_bench.bench.schema import MATCH_KEYS
+from dde_bench.bench.stats import regression_verdict
 from dde_bench.errors import UserError
 from dde_bench.report.load import Run, load_run, row_key
 from dde_bench.report.style import NA, fixed, is_missing, pct, sig
 from dde_bench.report.tables import model_accuracy, model_kinds, num, teacher_of, to_markdown
 
 VERDICTS = ("ok", "regressed", "improved", "new", "missing")
-
-
-def bootstrap_ratio_of_medians(
-    base: np.ndarray, new: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of median(new) / median(base), resampling both sides independently."""
-    rng = np.random.default_rng(seed)
-    b = np.median(rng.choice(base, size=(n_boot, base.size), replace=True), axis=1)
-    n = np.median(rng.choice(new, size=(n_boot, new.size), replace=True), axis=1)
-    ratios = n / b
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(ratios, [tail, 100 - tail])
-    return float(lo), float(hi)
 
 
 @dataclass
@@ -290,15 +277,13 @@ def _compare_row(
         (worse if bs == "ok" else better).append(f"status {bs} -> {ns}")
     rc.base_p50_ms, rc.new_p50_ms = num(base["latency_p50_ms"]), num(new["latency_p50_ms"])
     if base_raw and new_raw and len(base_raw) >= 2 and len(new_raw) >= 2:
-        b, n = np.asarray(base_raw, dtype=float), np.asarray(new_raw, dtype=float)
-        rc.latency_ratio = float(np.median(n) / np.median(b))
-        rc.ratio_ci_low, rc.ratio_ci_high = bootstrap_ratio_of_medians(b, n, n_boot, seed)
-        rc.p_slower = float(mannwhitneyu(n, b, alternative="greater").pvalue)
-        rc.p_faster = float(mannwhitneyu(n, b, alternative="less").pvalue)
-        if rc.p_slower < alpha and rc.latency_ratio > 1 + max_slowdown:
-            worse.append(f"latency x{rc.latency_ratio:.2f} (p={rc.p_slower:.2g})")
-        elif rc.p_faster < alpha and rc.latency_ratio < 1 / (1 + max_slowdown):
-            better.append(f"latency x{rc.latency_ratio:.2f} (p={rc.p_faster:.2g})")
+        v = regression_verdict(base_raw, new_raw, max_slowdown, alpha, n_boot=n_boot, seed=seed)
+        rc.latency_ratio, rc.ratio_ci_low, rc.ratio_ci_high = v.ratio, v.ci_low, v.ci_high
+        rc.p_slower, rc.p_faster = v.p_value, v.p_faster
+        if v.regressed:
+            worse.append(f"latency x{v.ratio:.2f} (p={v.p_value:.2g})")
+        elif v.improved:
+            better.append(f"latency x{v.ratio:.2f} (p={v.p_faster:.2g})")
     elif rc.base_p50_ms > 0 and rc.new_p50_ms > 0:
         rc.latency_ratio = rc.new_p50_ms / rc.base_p50_ms
         rc.reasons.append("no raw samples: latency significance not tested")
