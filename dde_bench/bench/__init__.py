@@ -9,7 +9,9 @@ Import the submodules; this package import stays light.
   runner     ``RunConfig`` -> ``plan_run`` -> ``Runner``: loads, scores, runs each scenario
   trackers   memory and energy of one call, in passes of their own
   timing     ``measure`` / ``measure_interleaved`` -> ``Measurement`` (raw samples, lazy statistics)
-  stats      ``speedup`` (ratio of medians + bootstrap CI), ``mean_ci``, ``mann_whitney``, ``regression_verdict``
+  stats      ``speedup`` (ratio of medians + bootstrap CI, paired over interleaved rounds), ``mean_ci``,
+             ``median_round_ratio``, ``wilcoxon_rounds``, ``mann_whitney``, ``regression_verdict`` (the one rule)
+  abgate     the A/B speed gate: this checkout against a base commit, alternating worker processes
   memory     ``MemoryTracker`` (CUDA peak allocated/reserved, NVML device/process, CPU peak RSS growth)
   energy     ``EnergyMeter`` (NVML energy counter over the measured window)
   flops      ``count_flops``, ``flops_per_item``, ``peak_flops``, ``model_flop_utilisation``

@@ -308,15 +308,21 @@ def save_inputs(settings: ABSettings, path: Path, cache_root: Path | None = None
     from rich.console import Console as _Console
     from safetensors.torch import save_file
 
-    from dde_bench.bench.runner import RunConfig, Suite, default_cache_root
-    from dde_bench.resources import suite_card
+    from dde_bench import paths
+    from dde_bench.bench.workload import Workload
+    from dde_bench.cards import load_suite
 
-    cfg = RunConfig(suite=settings.suite, cache_root=cache_root or default_cache_root())
-    suite = Suite(suite_card(settings.suite), cfg, _Console(stderr=True, quiet=True))
-    b = suite.dataset.batch(torch.arange(settings.batch_size) % len(suite.dataset))
+    card = load_suite(settings.suite, check_models=False)
+    workload = Workload(card, cache_root or paths.cache_root(), _Console(stderr=True, quiet=True))
+    data = workload.dataset
+    b = data.batch(torch.arange(settings.batch_size) % len(data))
     keys = ("input_ids", "attention_mask", "pixel_values", "pixel_mask")
     save_file({k: b[k].contiguous() for k in keys}, str(path))
-    return {"task": suite.task, "vocab_size": suite.vocab_size, "num_labels": suite.num_labels}
+    return {
+        "task": workload.task,
+        "vocab_size": workload.data.vocab_size,
+        "num_labels": workload.data.num_labels,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- probe

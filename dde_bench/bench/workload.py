@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,19 +354,9 @@ def scenario_modules(entry: Entry, scenario: str) -> list:
 
 
 def inject_slowdown(fn, scenario: str):
-    """Test-only: DDE_BENCH_INJECT_SLOWDOWN=cached=0.3 makes the student's cached call 30% slower (it busy-waits
-    for 0.3 x its own duration), so the CI gate can be shown to catch a real regression. Never set in use."""
-    spec = os.environ.get("DDE_BENCH_INJECT_SLOWDOWN", "")
-    if not spec.startswith(f"{scenario}="):
-        return fn
-    frac = float(spec.split("=", 1)[1])
+    """Test-only: DDE_BENCH_INJECT_SLOWDOWN=cached=0.3 makes the student's cached call 30% slower (a busy-wait of
+    0.3 x its own duration), so the CI gate can be shown to catch a real regression. Never set in use. One home
+    with the A/B gate's probe (dde_bench.gate_probe.slowed)."""
+    from dde_bench.gate_probe import slowed
 
-    def slowed():
-        t0 = time.perf_counter()
-        out = fn()
-        until = time.perf_counter() + frac * (time.perf_counter() - t0)
-        while time.perf_counter() < until:
-            pass
-        return out
-
-    return slowed
+    return slowed(fn, scenario)
