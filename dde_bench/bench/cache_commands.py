@@ -74,10 +74,16 @@ def build_cmd(
     from dde_bench.bench.featurestore import build_store
     from dde_bench.bench.runner import RunConfig, Suite
     from dde_bench.env import resolve_device
+    from dde_bench.errors import set_current_output
     from dde_bench.resources import suite_card
 
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
+    if shard_size < 1 or batch_size < 1:
+        raise UserError(f"--shard-size and --batch-size must be at least 1, got {shard_size}, {batch_size}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder (a feature store is a folder)")
+    set_current_output(out, lambda: f"{len(list(out.glob('shard-*.json')))} complete shards")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # data and (quick-recipe) checkpoints are prepared once here, not raced for by the ranks
@@ -141,10 +147,11 @@ def _launch(nproc: int, args: list[str]) -> None:
 
 @cache_app.command("info")
 def info_cmd(store: Path = typer.Argument(..., help="store folder")) -> None:
-    """Count, shards, bytes, model hash and kind of a store."""
+    """Count, shards, bytes, model hash and kind of a store, after verifying every shard (model hash, rows,
+    size, sha256): a store that does not verify is refused, naming the shard (exit 2)."""
     from dde_bench.bench.featurestore import open_store
 
-    st = open_store(store)
+    st = open_store(store, checksum=True)
     m = st.manifest
     t = Table(show_header=False, title=str(store), box=None, pad_edge=False)
     t.add_column(no_wrap=True)
@@ -159,6 +166,7 @@ def info_cmd(store: Path = typer.Argument(..., help="store folder")) -> None:
         ("count", m["count"]),
         ("shards", f"{len(m['shards'])} x up to {m['shard_size']}"),
         ("bytes", f"{st.nbytes:,} ({st.nbytes / 2**20:.1f} MiB)"),
+        ("verified", f"{len(m['shards'])} shards: model hash, rows, size, sha256"),
     ]
     for k, v in rows:
         t.add_row(k, str(v))
