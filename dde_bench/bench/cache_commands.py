@@ -75,6 +75,7 @@ def build_cmd(
     from dde_bench.bench.runner import RunConfig, Suite
     from dde_bench.env import resolve_device
     from dde_bench.errors import set_current_output
+    from dde_bench.files import FolderLock
     from dde_bench.resources import suite_card
 
     if nproc < 1:
@@ -83,6 +84,7 @@ def build_cmd(
         raise UserError(f"--shard-size and --batch-size must be at least 1, got {shard_size}, {batch_size}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder (a feature store is a folder)")
+    FolderLock(out, "feature store").check_free()  # a build in progress there: say so before loading anything
     set_current_output(out, lambda: f"{len(list(out.glob('shard-*.json')))} complete shards")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if nproc > 1 and "WORLD_SIZE" not in os.environ:

@@ -20,7 +20,7 @@ sha256 and the header's shape and dtype): a resumed build (``resume=True``) keep
 builds the others again, and ends byte-identical to a build done in one go (images are encoded in batches
 counted from each shard's start, whoever builds it). :func:`finalize_store`, :func:`open_store` and
 ``dde-bench cache info`` refuse a store that does not verify, naming the shard. A build holds the folder's
-lock (``files.FolderLock``): a second build of the same store is refused.
+lock (``dde_bench.files.FolderLock``): a second build of the same store is refused.
 
 Several processes (``torchrun --nproc-per-node K``) build one store together: rank ``r`` of ``world_size``
 builds the shards whose index ``% world_size == r`` (:func:`rank_shards`). With ``torch.distributed``
@@ -47,7 +47,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from dde_bench.bench.files import FolderLock, atomic_write_text, temp_path
+from dde_bench.files import FolderLock, atomic_write_text, temp_path
 from dde_bench.errors import UserError
 from dde_bench.modeling.fastpath import precompute_image, precompute_text, score_pooled, score_precomputed
 from dde_bench.modeling.models import Student

@@ -5,7 +5,7 @@ so a crash loses at most the row being written. A crash in the middle of that wr
 last line; readers skip it with a warning, and a writer resuming the run cuts it off before appending.
 results.csv is a convenience copy without raw samples, rewritten (atomically) after every row.
 
-One writer at a time: the folder is locked (``files.FolderLock``) while a ``ResultWriter`` is open, and a
+One writer at a time: the folder is locked (``dde_bench.files.FolderLock``) while a ``ResultWriter`` is open, and a
 resumed run must have the settings its run.json records (``RESUME_KEYS``; ``ADDITIVE_KEYS`` may grow with
 ``allow_additions``, recorded in run.json's ``history``). ``read_run_folder`` is the one reader.
 """
@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from dde_bench.bench.files import FolderLock, atomic_write_text, temp_path
+from dde_bench.files import FolderLock, atomic_write_text, temp_path
 from dde_bench.bench.schema import COLUMNS, MATCH_KEYS, RAW_SAMPLES_KEY, SCHEMA_VERSION
 from dde_bench.env import environment
 from dde_bench.errors import UserError, set_current_output
@@ -284,7 +284,7 @@ class ResultWriter:
     """Writes one run folder: ``run.json`` once, then rows appended as they are measured.
 
     ``settings`` (the suite, options, seed, ...) and ``environment(device)`` go into run.json with the
-    schema version. The folder is locked for this writer (``files.FolderLock``): a second writer, in this
+    schema version. The folder is locked for this writer (``dde_bench.files.FolderLock``): a second writer, in this
     process or another, gets a ``UserError`` naming the holder; ``close()`` (or the end of the process)
     releases it.
 

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from dde_bench.errors import UserError
 
 TASK_NUM_LABELS = {"nlvr2": 2, "snli-ve": 3}  # vqa: size of the answer vocabulary (data dependent)
+# the type of each VLConfig field, by its annotation (a string under `from __future__ import annotations`)
+_FIELD_KINDS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,18 @@ class VLConfig:
         return self.image_size // self.patch_size
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value, kind = getattr(self, f.name), _FIELD_KINDS[f.type]
+            if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UserError(f"{f.name} must be a positive integer, got {value!r}")
+            if kind is float and (
+                not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < float("inf")
+            ):
+                raise UserError(f"{f.name} must be a non-negative number, got {value!r}")
+            if kind in (bool, str) and not isinstance(value, kind):
+                raise UserError(f"{f.name} must be a {kind.__name__}, got {value!r}")
+        if self.layer_norm_eps <= 0:
+            raise UserError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
         if self.hidden_size % self.num_heads:
             raise UserError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size:
@@ -49,12 +63,19 @@ class VLConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> VLConfig:
+    def from_dict(cls, d: dict, source: str = "model config") -> VLConfig:
+        """A config from a mapping (a checkpoint's ``config``); wrong shapes, unknown keys, wrong types or
+        impossible sizes are a UserError starting with ``source`` (the file and key) and naming the key."""
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: expected a JSON object of model sizes, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise UserError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+            raise UserError(f"{source}: unknown model config keys: {', '.join(sorted(map(str, unknown)))}")
+        try:
+            return cls(**d)
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
 
     def replace(self, **kw) -> VLConfig:
         return replace(self, **kw)
