@@ -8,7 +8,7 @@ Model-agnostic measuring layer (import the submodules; this package import stays
   memory   ``MemoryTracker`` (CUDA peak allocated/reserved, NVML device/process, CPU peak RSS growth)
   energy   ``EnergyMeter`` (NVML energy counter over the measured window)
   flops    ``count_flops``, ``flops_per_item``, ``peak_flops``, ``model_flop_utilisation``
-  results  ``ResultWriter`` / ``read_run`` (run.json, results.jsonl, results.csv; see ``schema``)
-  guard    ``run_guarded`` (out-of-memory -> status "oom", the sweep goes on)
+  results  ``ResultWriter`` / ``read_run_folder`` (run.json, results.jsonl, results.csv; see ``schema``)
+  guard    ``is_oom`` / ``free_memory`` (out-of-memory -> status "oom", the sweep goes on)
   nvml     NVML handles matched to torch devices by PCI bus id
 """
