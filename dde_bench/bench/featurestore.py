@@ -47,8 +47,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from dde_bench.files import FolderLock, atomic_write_text, temp_path
 from dde_bench.errors import UserError
+from dde_bench.files import FolderLock, atomic_write_text, temp_path
 from dde_bench.modeling.fastpath import precompute_image, precompute_text, score_pooled, score_precomputed
 from dde_bench.modeling.models import Student
 
@@ -162,9 +162,11 @@ def _shard_problem(d: Path, k: int, record: Any, ident: dict, checksum: bool = T
             shape, dtype = list(tensor.get_shape()), tensor.get_dtype()
     except (SafetensorError, OSError, ValueError, KeyError, TypeError):
         return "not a readable safetensors file of a feature store"
-    expect_meta = {"model_hash": ident["model_hash"], "rows": [lo, lo + count], "shard": k}
-    if meta != expect_meta:
-        return f"its header names {meta!r}, not model {ident['model_hash'][:12]} rows {[lo, lo + count]}"
+    if not isinstance(meta, dict) or meta.get("model_hash") != ident["model_hash"]:
+        named = meta.get("model_hash") if isinstance(meta, dict) else None
+        return f"built with another model (its header names hash {str(named)[:12]}, this store's is {ident['model_hash'][:12]})"
+    if meta != {"model_hash": ident["model_hash"], "rows": [lo, lo + count], "shard": k}:
+        return f"its header names shard {meta.get('shard')!r} rows {meta.get('rows')!r}, not shard {k} rows {[lo, lo + count]}"
     if shape != [count, *ident["feature_shape"]]:
         return f"its features have shape {shape}, expected {[count, *ident['feature_shape']]}"
     if dtype != _ST_DTYPES.get(ident["dtype"], ident["dtype"]):

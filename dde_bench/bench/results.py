@@ -26,10 +26,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from dde_bench.files import FolderLock, atomic_write_text, temp_path
 from dde_bench.bench.schema import COLUMNS, MATCH_KEYS, RAW_SAMPLES_KEY, SCHEMA_VERSION
 from dde_bench.env import environment
 from dde_bench.errors import UserError, set_current_output
+from dde_bench.files import FolderLock, atomic_write_text, temp_path
 
 __all__ = [
     "ADDITIVE_KEYS",

@@ -10,6 +10,7 @@ config.json of a dde-bench checkpoint::
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -102,6 +103,13 @@ def _checked_fields(path: Path, cfg: dict) -> tuple[str, str, int | None, VLConf
     return kind, task, num_labels, vl, meta
 
 
+def min_parameters(cfg: VLConfig) -> int:
+    """A lower bound of the parameters a model of ``cfg`` has (its transformer blocks' matrices and the word
+    embedding), cheap to compute: a checkpoint whose weights hold fewer does not fit its config."""
+    h = cfg.hidden_size
+    return cfg.num_layers * (4 * h * h + 2 * h * cfg.mlp_size) + cfg.vocab_size * h
+
+
 def _load_own(folder: Path, cfg: dict, expect_kind: str, map_location="cpu") -> Teacher | Student:
     path = folder / CONFIG
     if cfg.get("format_version") != FORMAT_VERSION:
@@ -113,18 +121,19 @@ def _load_own(folder: Path, cfg: dict, expect_kind: str, map_location="cpu") -> 
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise UserError(f"{folder}: no {WEIGHTS}")
+    shapes = safetensors_shapes(weights)
+    held = sum(math.prod(shape) for shape in shapes.values())
+    if held < min_parameters(vl):  # a config far larger than its weights: refused before building anything
+        raise UserError(
+            f"{path}: 'config' implies at least {min_parameters(vl):,} parameters, {weights.name} holds {held:,}"
+        )
     try:
-        with torch.device(
-            "meta"
-        ):  # the shapes the config implies, without allocating (a huge config is cheap)
+        with torch.device("meta"):  # the shapes the config implies, without allocating memory
             skeleton = cls(vl, task, num_labels)
     except ValueError as e:
         raise UserError(f"{path}: {e}") from None
-    check_shapes(
-        {k: tuple(v.shape) for k, v in skeleton.state_dict().items()},
-        safetensors_shapes(weights),
-        str(weights),
-    )
+    own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    check_shapes(own, shapes, str(weights))
     model = cls(vl, task, num_labels)
     load_state_checked(model, load_safetensors(weights, device=map_location), str(weights))
     if "answer_vocab" in meta:
