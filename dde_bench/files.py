@@ -26,10 +26,11 @@ import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from dde_bench.errors import UserError
 
-__all__ = ["LOCK_FILE", "FolderLock", "LockHolder", "atomic_write_text", "temp_path"]
+__all__ = ["LOCK_FILE", "FolderLock", "LockHolder", "atomic_write_text", "read_json", "temp_path"]
 
 LOCK_FILE = ".dde-bench.lock"
 _BUSY_RETRIES = 3  # a concurrent probe holds the lock for microseconds: look again before calling it busy
@@ -51,6 +52,22 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path, what: str = "JSON file", object_only: bool = True) -> Any:
+    """The JSON value of ``path``; unreadable, not UTF-8, malformed or (with ``object_only``) not a JSON
+    object is a UserError naming the file (and the line of a syntax error)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: malformed {what} (JSON: {e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: malformed {what} (not UTF-8 text)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what}: {e.strerror}") from None
+    if object_only and not isinstance(value, dict):
+        raise UserError(f"{path}: malformed {what} (expected a JSON object, got a {type(value).__name__})")
+    return value
 
 
 @dataclass(frozen=True)

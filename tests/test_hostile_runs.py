@@ -50,6 +50,15 @@ def _one_line(text: str) -> str:
     return lines[0]
 
 
+def _error_line(stderr: str) -> str:
+    """The one dde-bench line of a command's stderr (progress bars of data preparation may come before it),
+    which must be the last line; no traceback."""
+    assert "Traceback" not in stderr
+    ours = [s for s in stderr.strip().splitlines() if s.startswith("dde-bench:")]
+    assert len(ours) == 1 and stderr.strip().splitlines()[-1] == ours[0], stderr
+    return ours[0]
+
+
 def _main(args: list[str], capsys) -> tuple[int, str]:
     """Run the guarded CLI entry in this process: (exit code, stderr)."""
     with pytest.raises(SystemExit) as info:
@@ -219,14 +228,14 @@ def test_run_cli_out_file_and_resume_mismatch(bench_env, tmp_path):
     quick = ["--models", "rt-teacher", "--scenarios", "online", "--batch-sizes", "1", "--no-report"]
     quick += ["--min-iters", "2", "--min-time", "0.01", "--device", "cpu", "--threads", "1"]
     p = _cli(["run", "--suite", "vqa", *quick, "--out", str(f)], env=bench_env)
-    assert p.returncode == 2 and str(f) in _one_line(p.stderr) and "not a folder" in p.stderr
+    assert p.returncode == 2 and str(f) in _error_line(p.stderr) and "not a folder" in p.stderr
     assert f.read_text() == "keep me"
     run = tmp_path / "run"
     p = _cli(["run", "--suite", "vqa", *quick, "--out", str(run)], env=bench_env)
     assert p.returncode == 0, p.stderr[-3000:]
     before = _snapshot(run)
     p = _cli(["run", "--suite", "snli-ve", *quick, "--out", str(run), "--resume"], env=bench_env)
-    line = _one_line(p.stderr)
+    line = _error_line(p.stderr)
     assert p.returncode == 2 and 'suite "vqa" -> "snli-ve"' in line and str(run) in line
     assert _snapshot(run) == before
     assert len(read_run(run)[1]) == 1
@@ -235,7 +244,7 @@ def test_run_cli_out_file_and_resume_mismatch(bench_env, tmp_path):
         p = _cli(
             ["run", "--suite", "vqa", *quick, "--out", str(tmp_path / "busy"), "--resume"], env=bench_env
         )
-        line = _one_line(p.stderr)
+        line = _error_line(p.stderr)
         assert (
             p.returncode == 2
             and f"pid {holder.pid}" in line
@@ -370,7 +379,7 @@ def teacher_dir(tmp_path):
 @pytest.mark.parametrize(
     "edit, why",
     [
-        (lambda c: [c], "config.json: expected a JSON object, got a list"),
+        (lambda c: [c], "config.json: malformed checkpoint config (expected a JSON object, got a list)"),
         (lambda c: c | {"kind": 3}, "config.json: 'kind' must be"),
         (lambda c: c | {"task": ["nlvr2"]}, "config.json: 'task' must be one of"),
         (lambda c: c | {"num_labels": "two"}, "config.json: 'num_labels' must be a positive integer"),
@@ -410,7 +419,10 @@ def test_garbage_config_through_the_cli(teacher_dir, capsys):
         str(teacher_dir / "s"),
     ]
     code, err = _main(args, capsys)
-    assert code == 2 and "config.json: expected a JSON object, got a list" in _one_line(err)
+    assert (
+        code == 2
+        and "config.json: malformed checkpoint config (expected a JSON object, got a list)" in _one_line(err)
+    )
 
 
 PICKLE = """

@@ -48,7 +48,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dde_bench.errors import UserError
-from dde_bench.files import FolderLock, atomic_write_text, temp_path
+from dde_bench.files import FolderLock, atomic_write_text, read_json, temp_path
 from dde_bench.modeling.fastpath import precompute_image, precompute_text, score_pooled, score_precomputed
 from dde_bench.modeling.models import Student
 
@@ -119,18 +119,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _read_json(path: Path, what: str) -> Any:
-    """A JSON file of the store; unreadable or malformed is a UserError naming it."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: malformed {what} (JSON: {e.msg} at line {e.lineno})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: malformed {what} (not UTF-8 text)") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the {what}: {e.strerror}") from None
 
 
 def _shard_problem(d: Path, k: int, record: Any, ident: dict, checksum: bool = True) -> str | None:
@@ -311,7 +299,7 @@ def _clear(out: Path) -> None:
 
 
 def _read_plan(out: Path) -> dict:
-    plan = _read_json(out / PLAN, "build plan")
+    plan = read_json(out / PLAN, "build plan", object_only=False)
     if not isinstance(plan, dict) or not isinstance(plan.get("shard_size"), int) or plan["shard_size"] < 1:
         raise UserError(
             f"{out / PLAN}: not a feature-store build plan; build the store again without --resume"
@@ -583,7 +571,7 @@ def finalize_store(out_dir: str | Path, count: int | None = None, missing_ok: bo
         raise UserError(f"{out}: incomplete store ({len(present)} of {expect} shards; {detail})")
     shards = []
     for k in range(expect):
-        record = _read_json(out / record_name(k), "shard record")
+        record = read_json(out / record_name(k), "shard record")
         problem = _shard_problem(out, k, record, ident)
         if problem is None and record["count"] != min(shard_size, count - k * shard_size):
             problem = f"it holds {record['count']} rows, a store of {count} images needs {min(shard_size, count - k * shard_size)}"
@@ -595,7 +583,7 @@ def finalize_store(out_dir: str | Path, count: int | None = None, missing_ok: bo
 
 
 def _record_count(out: Path, shard_file: str) -> int:
-    record = _read_json(out / shard_file.replace(".safetensors", ".json"), "shard record")
+    record = read_json(out / shard_file.replace(".safetensors", ".json"), "shard record")
     if not isinstance(record, dict) or not isinstance(record.get("count"), int):
         raise UserError(f"{out}: the record of {shard_file} is malformed; build the store again")
     return record["count"]
@@ -671,7 +659,7 @@ def read_manifest(store_dir: str | Path) -> dict:
     if not path.is_file():
         hint = " (an unfinished build: rerun it with --resume)" if (d / PLAN).exists() else ""
         raise UserError(f"{d}: not a complete feature store (no {MANIFEST}){hint}")
-    m = _read_json(path, "manifest")
+    m = read_json(path, "manifest", object_only=False)
     if not isinstance(m, dict):
         raise UserError(f"{path}: malformed manifest (a JSON {type(m).__name__}, not an object)")
     if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:

@@ -29,7 +29,7 @@ import torch
 from dde_bench.bench.schema import COLUMNS, MATCH_KEYS, RAW_SAMPLES_KEY, SCHEMA_VERSION
 from dde_bench.env import environment
 from dde_bench.errors import UserError, set_current_output
-from dde_bench.files import FolderLock, atomic_write_text, temp_path
+from dde_bench.files import FolderLock, atomic_write_text, read_json, temp_path
 
 __all__ = [
     "ADDITIVE_KEYS",
@@ -98,16 +98,7 @@ def _plain(value: Any) -> Any:
 
 
 def _read_run_info(path: Path, check_version: bool = True) -> dict[str, Any]:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror}") from None
-    if not isinstance(info, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    info = read_json(path, "run.json")
     version = info.get("schema_version")
     if check_version and version != SCHEMA_VERSION:
         raise UserError(

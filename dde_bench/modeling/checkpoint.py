@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dde_bench.errors import UserError
-from dde_bench.files import atomic_write_text
+from dde_bench.files import atomic_write_text, read_json
 from dde_bench.modeling.config import VLConfig
 from dde_bench.modeling.hf import teacher_from_hf
 from dde_bench.modeling.models import TASKS, Student, Teacher
@@ -66,17 +66,7 @@ def read_config(folder: str | Path) -> dict:
         raise UserError(f"{folder}: no such checkpoint folder")
     if not path.is_file():
         raise UserError(f"{folder}: not a checkpoint folder (no {CONFIG})")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: malformed JSON (line {e.lineno}: {e.msg})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror}") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a JSON object, got a {type(cfg).__name__}")
-    return cfg
+    return read_json(path, "checkpoint config")
 
 
 def _checked_fields(path: Path, cfg: dict) -> tuple[str, str, int | None, VLConfig, dict]:
