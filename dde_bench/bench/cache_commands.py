@@ -84,7 +84,8 @@ def build_cmd(
         raise UserError(f"--shard-size and --batch-size must be at least 1, got {shard_size}, {batch_size}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder (a feature store is a folder)")
-    FolderLock(out, "feature store").check_free()  # a build in progress there: say so before loading anything
+    if "WORLD_SIZE" not in os.environ:  # (ranks of one build: rank 0 takes the lock, the others trust it)
+        FolderLock(out, "feature store").check_free()  # a build in progress there: say so before any work
     set_current_output(out, lambda: f"{len(list(out.glob('shard-*.json')))} complete shards")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
