@@ -169,7 +169,7 @@ def info_cmd(store: Path = typer.Argument(..., help="store folder")) -> None:
         ("count", m["count"]),
         ("shards", f"{len(m['shards'])} x up to {m['shard_size']}"),
         ("bytes", f"{st.nbytes:,} ({st.nbytes / 2**20:.1f} MiB)"),
-        ("verified", f"{len(m['shards'])} shards: model hash, rows, size, sha256"),
+        ("verified", f"{len(m['shards'])} shards (model, rows, bytes, sha256)"),
     ]
     for k, v in rows:
         t.add_row(k, str(v))
