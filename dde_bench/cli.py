@@ -1,18 +1,22 @@
 """The `dde-bench` command line: thin commands over the library API.
 
 Each area of the library owns its commands (dde_bench/<area>/commands.py); commands that wire several areas
-(`run`: trainer + harness + report) live in dde_bench/commands/. This file only puts them together and turns
-user errors into one clear line and a non-zero exit.
+(`run`: trainer + harness + report; `cache`) live in dde_bench/commands/. This file only puts them together, and
+``main`` is the one guarded entry: user errors one line (exit 2), Ctrl-C one line (130), anything else one
+bug-report line with the traceback in a file (70).
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from dde_bench import errors
 from dde_bench.commands.cache import cache_app
 from dde_bench.commands.run import run_cmd
 from dde_bench.data.commands import data_app
@@ -87,16 +91,53 @@ def env_cmd(
     console.print(t)
 
 
-def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """dde-bench's own warnings as one line; other packages' in Python's usual format."""
+    if f"{Path(__file__).parent}" in str(filename):
+        return f"dde-bench: warning: {errors.one_line(str(message))}\n"
+    return _python_warning_format(message, category, filename, lineno, line)
+
+
+_python_warning_format = warnings.formatwarning
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The one entry of every command (the `dde-bench` script and `python -m dde_bench.cli`).
+
+    Exit codes: 0 done; 1 a regression or failed gate (compare, gate); 2 unusable input (a UserError, printed
+    as one line naming the file, line or option; usage errors as click shows them; --help is 0); 130 Ctrl-C,
+    with one line saying what was kept and the command that continues it; 70 anything else (a bug): one line
+    on the terminal, the traceback in a crash file in the run folder being written (else ./reports/).
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    errors.clear_current_output()
+    warnings.formatwarning = _warning_line
     try:
-        app()
+        # standalone_mode=False: exceptions reach this function instead of being printed by click / typer;
+        # typer turns Ctrl-C inside a command into exit code 130, which it returns here
+        code = app(args=args, standalone_mode=False)
+    except (
+        typer.exceptions.TyperException
+    ) as e:  # usage errors (click's, vendored by typer): as typer shows them
+        try:
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(e)
+        except ImportError:
+            e.show()
+        sys.exit(getattr(e, "exit_code", 2))
     except UserError as e:
-        print(f"dde-bench: error: {e}", file=sys.stderr)
+        errors.print_err(f"dde-bench: error: {errors.one_line(str(e))}")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("dde-bench: interrupted", file=sys.stderr)
-        sys.exit(130)
+        errors.print_err(errors.interrupted_line(args))
+        sys.exit(errors.INTERRUPT_EXIT_CODE)
+    except Exception as e:  # a bug: the traceback goes to a file, one line to the terminal
+        errors.print_err(errors.bug_line(e, errors.write_crash_report(e, args)))
+        sys.exit(errors.BUG_EXIT_CODE)
+    if code == errors.INTERRUPT_EXIT_CODE:
+        errors.print_err(errors.interrupted_line(args))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def test_truncated_last_line_is_ignored_then_repaired(tmp_path: Path) -> None:
     jsonl = tmp_path / "results.jsonl"
     with open(jsonl, "a", encoding="utf-8") as f:
         f.write('{"suite": "nlvr2", "model": "stud')  # a crash mid-write
-    with pytest.warns(RuntimeWarning, match="line 4 is truncated"):
+    with pytest.warns(RuntimeWarning, match=r"results\.jsonl:4: truncated last line"):
         _, df, _ = read_run(tmp_path)
     assert len(df) == 3
     with pytest.warns(RuntimeWarning, match="truncated"):
@@ -88,7 +88,7 @@ def test_malformed_middle_line_names_file_and_line(tmp_path: Path) -> None:
     lines = jsonl.read_text(encoding="utf-8").splitlines()
     lines[1] = "not json"
     jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"results\.jsonl, line 2"):
+    with pytest.raises(UserError, match=r"results\.jsonl:2: malformed results row"):
         read_run(tmp_path)
 
 
@@ -105,7 +105,7 @@ def test_schema_mismatch_and_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such run folder"):
         read_run(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no run.json"):
+    with pytest.raises(UserError, match="run.json: missing"):
         read_run(tmp_path / "empty")
 
 
@@ -113,7 +113,7 @@ def test_row_with_another_schema_version(tmp_path: Path) -> None:
     w = ResultWriter(tmp_path)
     w.append(row("teacher", 8, schema_version=SCHEMA_VERSION + 1))
     w.append(row("teacher", 16))
-    with pytest.raises(UserError, match="line 1"):
+    with pytest.raises(UserError, match=r"results\.jsonl:1: results schema version 2"):
         read_run(tmp_path)
 
 

@@ -125,6 +125,12 @@ def test_parse_fraction() -> None:
     assert parse_fraction("0.1", "--x") == pytest.approx(0.1)
     with pytest.raises(UserError, match="--x"):
         parse_fraction("ten", "--x")
+    for bad in ("-50%", "-0.1", "nan", "inf"):
+        with pytest.raises(UserError, match="--x: expected a non-negative fraction"):
+            parse_fraction(bad, "--x")
+    with pytest.raises(UserError, match="--x: expected at most 1"):
+        parse_fraction("150%", "--x", high=1.0)
+    assert parse_fraction("0%", "--x") == 0.0
 
 
 def test_compare_uses_the_one_regression_rule(runs: dict[str, Path]) -> None:

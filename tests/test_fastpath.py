@@ -125,7 +125,7 @@ def test_store_resume_is_byte_identical(tmp_path, kind):
         build_store(
             s, px, part, shard_size=5, batch_size=3, kind=kind, progress=False, _after_shard=stop_after_two
         )
-    assert sorted(p.name for p in part.glob("shard-*")) == [
+    assert sorted(p.name for p in part.glob("shard-*.safetensors")) == [
         "shard-00000.safetensors",
         "shard-00001.safetensors",
     ]

@@ -100,7 +100,8 @@ def test_several_runs_side_by_side(tmp_path: Path) -> None:
 
 def test_load_run_errors_and_truncated_line(tmp_path: Path) -> None:
     run = make_run(tmp_path / "r", truncate_last_line=True)
-    loaded = load_run(run)
+    with pytest.warns(RuntimeWarning, match=r"results\.jsonl:34: truncated last line"):
+        loaded = load_run(run)
     assert len(loaded.rows) == 33 and loaded.schema_version == 1
     assert len(loaded.raw) == 33
     with pytest.raises(UserError, match="no such run folder"):

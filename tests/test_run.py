@@ -80,6 +80,7 @@ def test_resume_skips_finished_rows(use_bench_env, tmp_path):
             device="cpu",
             out=run_dir,
             resume=True,
+            resume_add=True,
             scenarios=["online", "cached"],
             batch_sizes=[1],
             **FAST,

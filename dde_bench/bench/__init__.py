@@ -15,7 +15,7 @@ Import the submodules; this package import stays light.
   memory     ``MemoryTracker`` (CUDA peak allocated/reserved, NVML device/process, CPU peak RSS growth)
   energy     ``EnergyMeter`` (NVML energy counter over the measured window)
   flops      ``count_flops``, ``flops_per_item``, ``peak_flops``, ``model_flop_utilisation``
-  results    ``ResultWriter`` / ``read_run`` (run.json, results.jsonl, results.csv; see ``schema``)
+  results    ``ResultWriter`` / ``read_run_folder`` (run.json, results.jsonl, results.csv; see ``schema``)
   featurestore  sharded on-disk image-feature stores (the gallery scenario, ``dde-bench cache``)
   guard      ``is_oom`` / ``free_memory``
   nvml       NVML handles matched to torch devices by PCI bus id

@@ -55,6 +55,9 @@ class RunConfig:
     out: Path | None = None
     quick: bool = False  # tiny models only, batch sizes <= 8, shorter timing
     resume: bool = False
+    resume_add: bool = (
+        False  # with resume: the run may gain models, scenarios, sizes or dtypes (run.json history)
+    )
     threads: int | None = None
     seed: int = 0
     cache_root: Path = field(default_factory=paths.cache_root)
@@ -145,6 +148,16 @@ class Runner:
         self.console = console or Console(width=None if Console().is_terminal else 160)
         self.resolve_trained = resolve_trained
         self.plan = plan_run(cfg)
+        # the run folder is checked before any data is prepared: a file, a folder in use, results without
+        # --resume, or a resume with other settings is one line now, not after minutes of work
+        ResultWriter.check_target(
+            self.plan.run_dir,
+            cfg.resume,
+            self.plan.settings(),
+            device=self.plan.device,
+            threads=self.plan.threads if self.plan.device.type == "cpu" else None,
+            allow_additions=cfg.resume_add,
+        )
 
     @property
     def run_dir(self) -> Path:
@@ -172,19 +185,21 @@ class Runner:
             inject_slowdown=os.environ.get("DDE_BENCH_INJECT_SLOWDOWN") or None,
             config=_plain(asdict(cfg)),
         )
-        writer = ResultWriter(plan.run_dir, settings, device=plan.device, resume=cfg.resume)
-        console.print(f"[bold]run folder[/]: {plan.run_dir}")
-        _point_latest(plan.run_dir, plan.suite.name)
-        ctx = RunContext(plan, workload, writer, console)
-        registry = scenarios.registry()
-        for dtype in plan.dtypes:
-            models = entries if dtype == "fp32" else [cast(e, DTYPES[dtype]) for e in entries]
-            ctx.accuracy = self._accuracy(ctx, models, dtype)
-            with _progress(console) as progress:
-                for name in plan.scenarios:
-                    registry[name].run(ctx, models, dtype, progress)
-        console.print(f"measured in {time.perf_counter() - t0:.0f} s")
-        print_summary(writer.rows, console)
+        with ResultWriter(
+            plan.run_dir, settings, device=plan.device, resume=cfg.resume, allow_additions=cfg.resume_add
+        ) as writer:
+            console.print(f"[bold]run folder[/]: {plan.run_dir}")
+            _point_latest(plan.run_dir, plan.suite.name)
+            ctx = RunContext(plan, workload, writer, console)
+            registry = scenarios.registry()
+            for dtype in plan.dtypes:
+                models = entries if dtype == "fp32" else [cast(e, DTYPES[dtype]) for e in entries]
+                ctx.accuracy = self._accuracy(ctx, models, dtype)
+                with _progress(console) as progress:
+                    for name in plan.scenarios:
+                        registry[name].run(ctx, models, dtype, progress)
+            console.print(f"measured in {time.perf_counter() - t0:.0f} s")
+            print_summary(writer.rows, console)
         return plan.run_dir
 
     def _accuracy(self, ctx: RunContext, entries: list[Entry], dtype: str) -> dict[str, dict]:

@@ -81,9 +81,18 @@ def build_cmd(
     from dde_bench.bench.workload import Workload
     from dde_bench.cards import load_suite
     from dde_bench.env import resolve_device
+    from dde_bench.errors import set_current_output
+    from dde_bench.files import FolderLock
 
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
+    if shard_size < 1 or batch_size < 1:
+        raise UserError(f"--shard-size and --batch-size must be at least 1, got {shard_size}, {batch_size}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder (a feature store is a folder)")
+    if "WORLD_SIZE" not in os.environ:  # (ranks of one build: rank 0 takes the lock, the others trust it)
+        FolderLock(out, "feature store").check_free()  # a build in progress there: say so before any work
+    set_current_output(out, lambda: f"{len(list(out.glob('shard-*.json')))} complete shards")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # data and (quick-recipe) checkpoints are prepared once here, not raced for by the ranks
@@ -150,10 +159,11 @@ def _launch(nproc: int, args: list[str]) -> None:
 
 @cache_app.command("info")
 def info_cmd(store: Path = typer.Argument(..., help="store folder")) -> None:
-    """Count, shards, bytes, model hash and kind of a store."""
+    """Count, shards, bytes, model hash and kind of a store, after verifying every shard (model hash, rows,
+    size, sha256): a store that does not verify is refused, naming the shard (exit 2)."""
     from dde_bench.bench.featurestore import open_store
 
-    st = open_store(store)
+    st = open_store(store, checksum=True)
     m = st.manifest
     t = Table(show_header=False, title=str(store), box=None, pad_edge=False)
     t.add_column(no_wrap=True)
@@ -168,6 +178,7 @@ def info_cmd(store: Path = typer.Argument(..., help="store folder")) -> None:
         ("count", m["count"]),
         ("shards", f"{len(m['shards'])} x up to {m['shard_size']}"),
         ("bytes", f"{st.nbytes:,} ({st.nbytes / 2**20:.1f} MiB)"),
+        ("verified", f"{len(m['shards'])} shards (model, rows, bytes, sha256)"),
     ]
     for k, v in rows:
         t.add_row(k, str(v))

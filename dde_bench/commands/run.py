@@ -53,6 +53,12 @@ def run_cmd(
     resume: bool = typer.Option(
         False, help="continue an interrupted run in --out, skipping rows already measured"
     ),
+    resume_add: bool = typer.Option(
+        False,
+        "--resume-add",
+        help="like --resume, and the run may gain models, scenarios, batch sizes, gallery sizes or dtypes "
+        "(recorded in run.json's history); other changed settings are still refused",
+    ),
     threads: int = typer.Option(None, help="CPU threads (torch.set_num_threads); default: all cores"),
     seed: int = typer.Option(0, help="seed for inputs, random weights and bootstrap intervals"),
     min_time: float = typer.Option(
@@ -82,6 +88,7 @@ def run_cmd(
     from dde_bench.bench.runner import RunConfig, Runner
     from dde_bench.training import trained_resolver
 
+    resume = resume or resume_add
     if resume and out is None:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
     cfg = RunConfig(
@@ -96,6 +103,7 @@ def run_cmd(
         out=out,
         quick=quick,
         resume=resume,
+        resume_add=resume_add,
         threads=threads,
         seed=seed,
         min_time_s=min_time,

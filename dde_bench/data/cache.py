@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from dde_bench.cards import SuiteCard
 from dde_bench.data.synth import normalize_sizes, synthesize
 from dde_bench.errors import UserError
+from dde_bench.files import atomic_folder
 
 SYNTH_VERSION = 2  # bump when the generator's output changes for the same settings (2: COCO-format captions)
 
@@ -70,39 +69,25 @@ def ensure_data(card: SuiteCard | dict, cache_root: Path, progress: bool = False
             raise UserError(f"{missing[0]}: no such file ({card.where}, data folder)")
         return d
     settings = synth_settings(card)
-    root = Path(cache_root) / "synthetic"
-    final = root / f"{task}-{synth_key(settings)}"
-    if (final / "stats.json").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{task}-", dir=root))
-    try:
-        cb = None
+    final = Path(cache_root) / "synthetic" / f"{task}-{synth_key(settings)}"
+
+    def build(tmp: Path) -> None:
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=sum(settings["sizes"].values()), desc=f"synthesising {task}", unit="ex")
-            cb = bar.update
         synthesize(
             task,
             tmp,
             seed=settings["seed"],
             sizes=settings["sizes"],
             families=settings["families"] or None,
-            progress=cb,
+            progress=bar.update if bar is not None else None,
             **settings["world"],
         )
         if bar is not None:
             bar.close()
         (tmp / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-        try:
-            tmp.rename(final)
-        except OSError:  # another process finished first
-            if not (final / "stats.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+
+    return atomic_folder(final, build, done="stats.json")

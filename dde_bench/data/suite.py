@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dde_bench.cards import SuiteCard
 from dde_bench.errors import UserError
+from dde_bench.files import atomic_folder
 from dde_bench.tasks import TRAIN_SPLIT
 
 
@@ -108,17 +107,8 @@ def suite_tokenizer(card: SuiteCard, data_dir: Path, cache_root: Path, vocab_siz
     stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in train_files if p.exists()]
     key = hashlib.sha256(json.dumps([card.task, vocab_size, stamp]).encode()).hexdigest()[:16]
     folder = Path(cache_root) / "tokenizers" / f"{card.task}-{key}"
-    if not (folder / "vocab.txt").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
-            train_wordpiece(training_texts(card.task, data_dir), tmp, vocab_size=vocab_size)
-            tmp.rename(folder)
-        except OSError:  # another process wrote it first
-            if not (folder / "vocab.txt").is_file():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    texts = lambda: training_texts(card.task, data_dir)  # noqa: E731 - read only when not cached
+    atomic_folder(folder, lambda tmp: train_wordpiece(texts(), tmp, vocab_size=vocab_size), done="vocab.txt")
     return load_tokenizer(folder)
 
 

@@ -10,15 +10,25 @@ config.json of a dde-bench checkpoint::
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from dde_bench.errors import UserError
+from dde_bench.files import atomic_write_text, read_json
 from dde_bench.modeling.config import VLConfig
-from dde_bench.modeling.models import Student, Teacher
+from dde_bench.modeling.hf import teacher_from_hf
+from dde_bench.modeling.models import TASKS, Student, Teacher
+from dde_bench.modeling.weights import (
+    check_shapes,
+    load_safetensors,
+    load_state_checked,
+    safetensors_shapes,
+    save_safetensors,
+)
+
+__all__ = ["load_model", "load_state_checked", "load_student", "load_teacher", "read_config", "save_model"]
 
 FORMAT = "dde-bench"
 FORMAT_VERSION = 1
@@ -31,9 +41,7 @@ def save_model(model: Teacher | Student, folder: str | Path, meta: dict | None =
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = folder / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(folder / WEIGHTS)
+    save_safetensors(state, folder / WEIGHTS)
     cfg = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -46,67 +54,82 @@ def save_model(model: Teacher | Student, folder: str | Path, meta: dict | None =
     answer_vocab = getattr(model, "answer_vocab", None)
     if answer_vocab is not None:
         cfg["meta"]["answer_vocab"] = list(answer_vocab)
-    tmp = folder / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-    tmp.replace(folder / CONFIG)
+    atomic_write_text(folder / CONFIG, json.dumps(cfg, indent=2))
     return folder
 
 
 def read_config(folder: str | Path) -> dict:
+    """A checkpoint folder's config.json (a dde-bench or a transformers one), as a JSON object."""
     folder = Path(folder)
     path = folder / CONFIG
     if not folder.is_dir():
         raise UserError(f"{folder}: no such checkpoint folder")
     if not path.is_file():
         raise UserError(f"{folder}: not a checkpoint folder (no {CONFIG})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: malformed JSON (line {e.lineno}: {e.msg})") from None
+    return read_json(path, "checkpoint config")
+
+
+def _checked_fields(path: Path, cfg: dict) -> tuple[str, str, int | None, VLConfig, dict]:
+    """kind, task, num_labels, config and meta of a dde-bench config.json, each checked for type; a wrong
+    one is a UserError naming the file and the key."""
+    kind, task, num_labels = cfg.get("kind"), cfg.get("task"), cfg.get("num_labels")
+    if kind not in ("teacher", "student"):
+        raise UserError(f'{path}: \'kind\' must be "teacher" or "student", got {kind!r}')
+    if task not in TASKS:
+        raise UserError(f"{path}: 'task' must be one of {', '.join(TASKS)}, got {task!r}")
+    if num_labels is not None and (
+        not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1
+    ):
+        raise UserError(f"{path}: 'num_labels' must be a positive integer, got {num_labels!r}")
+    if "config" not in cfg:
+        raise UserError(f"{path}: no 'config' (the model sizes)")
+    vl = VLConfig.from_dict(cfg["config"], source=f"{path}: 'config'")
+    meta = cfg.get("meta", {})
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: 'meta' must be a JSON object, got {type(meta).__name__}")
+    vocab = meta.get("answer_vocab")
+    if vocab is not None and (not isinstance(vocab, list) or not all(isinstance(a, str) for a in vocab)):
+        raise UserError(f"{path}: 'meta.answer_vocab' must be a list of strings")
+    return kind, task, num_labels, vl, meta
+
+
+def min_parameters(cfg: VLConfig) -> int:
+    """A lower bound of the parameters a model of ``cfg`` has (its transformer blocks' matrices and the word
+    embedding), cheap to compute: a checkpoint whose weights hold fewer does not fit its config."""
+    h = cfg.hidden_size
+    return cfg.num_layers * (4 * h * h + 2 * h * cfg.mlp_size) + cfg.vocab_size * h
 
 
 def _load_own(folder: Path, cfg: dict, expect_kind: str, map_location="cpu") -> Teacher | Student:
+    path = folder / CONFIG
     if cfg.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{folder}: checkpoint format version {cfg.get('format_version')} is not supported")
-    kind = cfg.get("kind")
+        raise UserError(f"{path}: checkpoint format version {cfg.get('format_version')!r} is not supported")
+    kind, task, num_labels, vl, meta = _checked_fields(path, cfg)
     if kind != expect_kind:
         raise UserError(f"{folder}: this is a {kind} checkpoint, a {expect_kind} was expected")
-    vl = VLConfig.from_dict(cfg["config"])
     cls = Teacher if kind == "teacher" else Student
-    try:
-        model = cls(vl, cfg["task"], cfg.get("num_labels"))
-    except ValueError as e:
-        raise UserError(f"{folder / CONFIG}: {e}") from None
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise UserError(f"{folder}: no {WEIGHTS}")
+    shapes = safetensors_shapes(weights)
+    held = sum(math.prod(shape) for shape in shapes.values())
+    if held < min_parameters(vl):  # a config far larger than its weights: refused before building anything
+        raise UserError(
+            f"{path}: 'config' implies at least {min_parameters(vl):,} parameters, {weights.name} holds {held:,}"
+        )
     try:
-        state = load_file(str(weights), device=str(map_location))
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{weights}: unreadable safetensors file ({e})") from None
-    load_state_checked(model, state, str(weights))
-    meta = cfg.get("meta", {})
+        with torch.device("meta"):  # the shapes the config implies, without allocating memory
+            skeleton = cls(vl, task, num_labels)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    check_shapes(own, shapes, str(weights))
+    model = cls(vl, task, num_labels)
+    load_state_checked(model, load_safetensors(weights, device=map_location), str(weights))
     if "answer_vocab" in meta:
         model.answer_vocab = meta["answer_vocab"]
     model.meta = meta
     return model.eval()
-
-
-def load_state_checked(module: torch.nn.Module, state: dict, source: str) -> None:
-    """load_state_dict with one clear error for missing, unexpected or wrongly shaped weights."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise UserError(
-            f"{source}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise UserError(
-                f"{source}: {k} has shape {tuple(v.shape)} but the config implies {tuple(own[k].shape)}"
-            )
-    module.load_state_dict(state, strict=True)
 
 
 def _looks_like_hub_id(s: str) -> bool:
@@ -115,8 +138,6 @@ def _looks_like_hub_id(s: str) -> bool:
 
 def load_teacher(path_or_id: str | Path, task: str | None = None, num_labels: int | None = None) -> Teacher:
     """Load a teacher from a dde-bench checkpoint folder, a transformers ViLT folder, or a hub id."""
-    from dde_bench.modeling.hf import teacher_from_hf
-
     s = str(path_or_id)
     folder = Path(s)
     if not folder.exists():

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from dde_bench.errors import UserError
 
-TASK_NUM_LABELS = {"nlvr2": 2, "snli-ve": 3}  # vqa: size of the answer vocabulary (data dependent)
+# the type of each VLConfig field, by its annotation (a string under `from __future__ import annotations`)
+_FIELD_KINDS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class VLConfig:
         return self.image_size // self.patch_size
 
     def __post_init__(self) -> None:
+        if self.num_heads < 1 or self.patch_size < 1:
+            raise UserError(
+                f"num_heads and patch_size must be positive, got {self.num_heads}, {self.patch_size}"
+            )
         if self.hidden_size % self.num_heads:
             raise UserError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size:
@@ -49,15 +54,43 @@ class VLConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> VLConfig:
+    def from_dict(cls, d: dict, source: str = "model config") -> VLConfig:
+        """A config from a mapping (a checkpoint's ``config``); wrong shapes, unknown keys, wrong types or
+        impossible sizes are a UserError starting with ``source`` (the file and key) and naming the key."""
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: expected a JSON object of model sizes, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise UserError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+            raise UserError(f"{source}: unknown model config keys: {', '.join(sorted(map(str, unknown)))}")
+        try:
+            _check_values(d)
+            return cls(**d)
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
 
     def replace(self, **kw) -> VLConfig:
         return replace(self, **kw)
+
+
+def _check_values(d: dict) -> None:
+    """Types and ranges of config values read from a file: integers positive, numbers finite and
+    non-negative (layer_norm_eps positive), flags bool, names str. (Configs built in code are trusted: the
+    trainer compares shapes through configs with a field zeroed.)"""
+    for f in fields(VLConfig):
+        if f.name not in d:
+            continue
+        value, kind = d[f.name], _FIELD_KINDS[f.type]
+        if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UserError(f"{f.name} must be a positive integer, got {value!r}")
+        if kind is float and (
+            not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < float("inf")
+        ):
+            raise UserError(f"{f.name} must be a non-negative number, got {value!r}")
+        if kind in (bool, str) and not isinstance(value, kind):
+            raise UserError(f"{f.name} must be a {kind.__name__}, got {value!r}")
+    if "layer_norm_eps" in d and d["layer_norm_eps"] <= 0:
+        raise UserError(f"layer_norm_eps must be positive, got {d['layer_norm_eps']!r}")
 
 
 # Named sizes. "b32" is ViLT-B/32 as in the paper; "tiny" trains on 2 CPU cores in minutes.

@@ -7,14 +7,15 @@ ViltForMaskedLM (backbone; its MLM head is kept for pre-training).
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import torch
 
-from dde_bench.errors import UserError
-from dde_bench.modeling.checkpoint import load_state_checked
+from dde_bench.errors import UserError, one_line
 from dde_bench.modeling.config import VLConfig
 from dde_bench.modeling.models import Teacher
+from dde_bench.modeling.weights import load_state_checked, pickle_refusal
 
 SUPPORTED = (
     "ViltModel",
@@ -44,11 +45,13 @@ _ENC_MAP = [
 ]
 
 
-def config_from_hf(hf_config) -> VLConfig:
-    def one(v):
-        return v[0] if isinstance(v, list | tuple) else v
+def config_from_hf(hf_config, source: str = "transformers config") -> VLConfig:
+    """Our config from a transformers ViltConfig; wrong types or sizes are a UserError starting with ``source``."""
 
-    return VLConfig(
+    def one(v):
+        return v[0] if isinstance(v, list | tuple) and v else v
+
+    fields = dict(
         vocab_size=hf_config.vocab_size,
         hidden_size=hf_config.hidden_size,
         num_layers=hf_config.num_hidden_layers,
@@ -65,6 +68,7 @@ def config_from_hf(hf_config) -> VLConfig:
         qkv_bias=hf_config.qkv_bias,
         hidden_act=hf_config.hidden_act,
     )
+    return VLConfig.from_dict(fields, source=source)
 
 
 def hf_config_from(cfg: VLConfig, **extra):
@@ -140,9 +144,9 @@ def _load_hf_model(path_or_id: str):
 
     try:
         hf_config = transformers.AutoConfig.from_pretrained(path_or_id)
-    except OSError as e:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise UserError(
-            f"cannot read a transformers config from {path_or_id!r}: {str(e).splitlines()[0]}"
+            f"cannot read a transformers config from {path_or_id!r}: {one_line(str(e))[:300]}"
         ) from None
     if getattr(hf_config, "model_type", None) != "vilt":
         raise UserError(
@@ -150,15 +154,24 @@ def _load_hf_model(path_or_id: str):
             f"dde-bench loads ViLT checkpoints ({', '.join(SUPPORTED)})"
         )
     archs = getattr(hf_config, "architectures", None) or ["ViltModel"]
-    arch = archs[0]
+    arch = archs[0] if isinstance(archs, list | tuple) else archs
     if arch not in SUPPORTED:
         raise UserError(
             f"{path_or_id}: unsupported ViLT architecture {arch}; supported: {', '.join(SUPPORTED)}"
         )
+    config_from_hf(
+        hf_config, source=f"{path_or_id}: config.json"
+    )  # wrong types / sizes: one line, before loading
     try:
         model = getattr(transformers, arch).from_pretrained(path_or_id)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise UserError(f"cannot load {arch} weights from {path_or_id!r}: {str(e).splitlines()[0]}") from None
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) refused a pickle (or it is garbage)
+        raise UserError(
+            f"cannot load {arch} weights from {path_or_id!r}: torch.load(weights_only=True) refused the pickle "
+            f"({pickle_refusal(e)}); only tensors are loaded from pickle files: use a safetensors copy "
+            "(model.safetensors) of a trusted checkpoint"
+        ) from None
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError, EOFError) as e:
+        raise UserError(f"cannot load {arch} weights from {path_or_id!r}: {one_line(str(e))[:300]}") from None
     return arch, model
 
 
@@ -176,7 +189,7 @@ def teacher_from_hf(path_or_id: str, task: str | None = None, num_labels: int | 
         raise UserError(f"{path_or_id} is a {arch} without a task head: say which task (nlvr2, vqa, snli-ve)")
     if ckpt_task is not None and task != ckpt_task:
         raise UserError(f"{path_or_id} is a {arch} checkpoint ({ckpt_task}), not usable for task {task}")
-    cfg = config_from_hf(hf.config)
+    cfg = config_from_hf(hf.config, source=f"{path_or_id}: config.json")
     if ckpt_task is not None:
         num_labels = hf.config.num_labels
     teacher = Teacher(cfg, task, num_labels)

@@ -5,6 +5,7 @@ Exit codes: 0 fine, 1 a regression or a failed gate, 2 unusable input (UserError
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -12,15 +13,23 @@ import typer
 from dde_bench.errors import UserError
 
 
-def parse_fraction(text: str, option: str) -> float:
-    """'10%' -> 0.1, '0.1' -> 0.1; anything else is a UserError naming the option."""
+def parse_fraction(text: str, option: str, high: float | None = None) -> float:
+    """'10%' -> 0.1, '0.1' -> 0.1, between 0 and ``high`` (no upper bound when None); anything else (a word,
+    a negative, NaN or infinite value, or one above ``high``) is a UserError naming the option."""
     t = text.strip()
     try:
-        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
         raise UserError(
             f"{option}: expected a fraction like 0.1 or a percentage like 10%, got {text!r}"
         ) from None
+    if not math.isfinite(value) or value < 0:
+        raise UserError(
+            f"{option}: expected a non-negative fraction (0 or more, e.g. 0.1 or 10%), got {text!r}"
+        )
+    if high is not None and value > high:
+        raise UserError(f"{option}: expected at most {high:g} ({high:.0%}), got {text!r}")
+    return value
 
 
 FORMATS = ("text", "markdown", "json")
@@ -54,14 +63,14 @@ def compare_cmd(
 
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    if not 0 < alpha < 1:
+    if not math.isfinite(alpha) or not 0 < alpha < 1:
         raise UserError(f"--alpha: expected a value between 0 and 1, got {alpha}")
     result = compare_runs(
         baseline,
         new,
         max_slowdown=parse_fraction(max_slowdown, "--max-slowdown"),
         alpha=alpha,
-        max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop"),
+        max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop", high=1.0),
         max_memory_growth=parse_fraction(max_memory_growth, "--max-memory-growth"),
     )
     text = {"text": result.to_text, "markdown": result.to_markdown, "json": result.to_json}[fmt]()
@@ -122,10 +131,12 @@ def gate_cmd(
     if run is not None:
         from dde_bench.report.compare import gate_run
 
+        if not math.isfinite(min_speedup) or min_speedup <= 0:
+            raise UserError(f"--min-speedup: expected a positive number, got {min_speedup}")
         result = gate_run(
             run,
             min_speedup=min_speedup,
-            max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop"),
+            max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop", high=1.0),
             scenario=scenario,
             models=list(model) if model else None,
             on=on,
@@ -171,13 +182,13 @@ def _ab_gate(
 
     from rich.console import Console
 
+    from dde_bench import paths
     from dde_bench.bench.abgate import ABSettings, ab_gate
-    from dde_bench.resources import REPO_ROOT
 
     if not 0 < alpha < 1:
         raise UserError(f"--alpha: expected a value between 0 and 1, got {alpha}")
     if out is None:
-        out = REPO_ROOT / "reports" / "runs" / f"gate-{datetime.now():%Y%m%d-%H%M%S}"
+        out = paths.runs_dir() / f"gate-{datetime.now():%Y%m%d-%H%M%S}"
     settings = ABSettings(
         max_slowdown=max_slowdown,
         alpha=alpha,

@@ -1,12 +1,11 @@
 """Read a run folder (see dde_bench/bench/schema.py) into a Run: settings, a DataFrame of rows, raw samples.
 
-The harness appends to results.jsonl as it measures, so a run killed mid-write can leave a truncated final
-line: that line is skipped. Any other malformed line is a user error naming the file and line.
+Reading is the harness's (``dde_bench.bench.results.read_run_folder``): a truncated final line (a run killed
+mid-write) is skipped with a warning; any other malformed line is a user error naming the file and line.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from dde_bench.bench.schema import COLUMNS, MATCH_KEYS, RAW_SAMPLES_KEY, SCHEMA_VERSION
+from dde_bench.bench.results import JSONL_FILE, RUN_FILE, read_run_folder
+from dde_bench.bench.schema import MATCH_KEYS, SCHEMA_VERSION
 from dde_bench.errors import UserError
 
 RowKey = tuple  # the values of MATCH_KEYS, in that order
@@ -87,67 +87,19 @@ def _read_utf8(path: Path) -> str:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Read ``run_dir``'s run.json and results.jsonl.
+    """Read ``run_dir``'s run.json and results.jsonl through the harness's one reader
+    (``dde_bench.bench.results.read_run_folder``; runs of other schema versions are read too).
 
     Raises UserError (exit code 2) for a missing folder or file, a malformed run.json, a malformed line of
-    results.jsonl (naming file and line; a truncated *final* line is skipped), or rows whose schema version
-    differs from the run's.
+    results.jsonl (naming file and line), or rows whose schema version differs from the run's. A truncated
+    *final* line is skipped with a RuntimeWarning, as everywhere.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run folder")
-    info_path = run_dir / "run.json"
-    results_path = run_dir / "results.jsonl"
-    for p in (info_path, results_path):
-        if not p.is_file():
-            raise UserError(f"{p}: missing (a run folder holds run.json and results.jsonl)")
-    try:
-        info = json.loads(_read_utf8(info_path))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{info_path}: malformed JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(info, dict):
-        raise UserError(f"{info_path}: expected a JSON object")
-
-    records: list[dict[str, Any]] = []
-    raw: dict[RowKey, list[float]] = {}
-    lines = _read_utf8(results_path).split("\n")
-    # the last non-empty line may be truncated by a killed writer
-    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == last and not line.rstrip().endswith("}"):
-                continue  # truncated final line: the row was being written when the run stopped
-            raise UserError(f"{results_path}:{i + 1}: malformed JSON line ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise UserError(f"{results_path}:{i + 1}: expected a JSON object, got {type(rec).__name__}")
-        samples = rec.pop(RAW_SAMPLES_KEY, None)
-        if samples is not None:
-            try:
-                raw[row_key(rec)] = [float(s) for s in samples]
-            except (TypeError, ValueError):
-                raise UserError(
-                    f"{results_path}:{i + 1}: {RAW_SAMPLES_KEY} must be a list of numbers"
-                ) from None
-        records.append(rec)
-
-    columns = list(COLUMNS) + sorted({k for r in records for k in r} - set(COLUMNS))
-    rows = pd.DataFrame.from_records(records, columns=columns) if records else pd.DataFrame(columns=columns)
-    run_version = info.get("schema_version")
-    if run_version is not None and len(rows):
-        versions = {_none_if_nan(v) for v in rows["schema_version"]} - {None}
-        if versions - {run_version}:
-            raise UserError(
-                f"{results_path}: rows have schema version(s) {sorted(versions)} but run.json says {run_version}"
-            )
-    if run_version is None and len(rows):
-        versions = {_none_if_nan(v) for v in rows["schema_version"]} - {None}
-        if len(versions) == 1:
-            info["schema_version"] = versions.pop()
-    return Run(info=info, rows=rows, raw=raw, path=run_dir)
+    results_path = Path(run_dir) / JSONL_FILE
+    if Path(run_dir, RUN_FILE).is_file() and not results_path.is_file():
+        raise UserError(f"{results_path}: missing (a run folder holds {RUN_FILE} and {JSONL_FILE})")
+    folder = read_run_folder(run_dir, check_version=False)
+    raw = {tuple(_none_if_nan(v) for v in key): samples for key, samples in folder.raw.items()}
+    return Run(info=folder.info, rows=folder.frame(), raw=raw, path=folder.path)
 
 
 def check_schema(run: Run) -> None:

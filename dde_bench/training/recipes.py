@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -347,22 +346,9 @@ def trained_resolver(cache_root: Path, progress: bool = True, recipe: Recipe = Q
 
 def _atomic_train(final: Path, fn) -> Path:
     """Run ``fn(tmp_folder)`` and rename its result into ``final`` (never leaves a half-written checkpoint)."""
-    if (final / "config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        fn(tmp)
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not (final / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    from dde_bench.files import atomic_folder
+
+    return atomic_folder(final, fn, done="config.json")
 
 
 def ensure_trained(

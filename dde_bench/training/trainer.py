@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from dde_bench.cards import SuiteCard
@@ -49,6 +49,7 @@ from dde_bench.modeling.checkpoint import (
 )
 from dde_bench.modeling.config import size_config
 from dde_bench.modeling.models import Student, Teacher
+from dde_bench.modeling.weights import load_safetensors, load_torch_weights
 from dde_bench.tasks import TRAIN_SPLIT, num_images
 from dde_bench.training.losses import cross_modal_attention_loss, soft_label_loss, task_loss
 from dde_bench.training.pretrain import CaptionDataset, PretrainHeads
@@ -417,7 +418,7 @@ def load_pretrain_heads(
     path = Path(folder) / HEADS_FILE
     if not path.is_file():
         raise UserError(f"{folder}: no {HEADS_FILE} (not the output of a pre-training stage)")
-    state = load_file(str(path))
+    state = load_safetensors(path)
     if vocab is None:
         state = {k: v for k, v in state.items() if not k.startswith("mlm.")}
     load_state_checked(heads, state, str(path))
@@ -463,19 +464,22 @@ def _save_state(
 
 
 def _load_state(folder: Path, module: nn.Module, optimizer, scheduler, scaler) -> int:
+    """Restore the resumable state in ``folder``; a missing, garbage or foreign state is one line."""
+    load_state_checked(module, load_safetensors(folder / "module.safetensors"), str(folder))
+    st = load_torch_weights(folder / "trainer.pt")
     try:
-        load_state_checked(module, load_file(str(folder / "module.safetensors")), str(folder))
-        st = torch.load(folder / "trainer.pt", weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise UserError(f"{folder}: cannot resume ({e})") from None
-    optimizer.load_state_dict(st["optimizer"])
-    scheduler.load_state_dict(st["scheduler"])
-    if scaler is not None and st.get("scaler"):
-        scaler.load_state_dict(st["scaler"])
-    torch.set_rng_state(st["rng"]["torch"])
-    if "cuda" in st["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["rng"]["cuda"])
-    return int(st["step"])
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        torch.set_rng_state(st["rng"]["torch"])
+        if "cuda" in st["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
+        return int(st["step"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(
+            f"{folder / 'trainer.pt'}: not a dde-bench training state ({type(e).__name__}: {e})"
+        ) from None
 
 
 def train(cfg: TrainConfig) -> Path:

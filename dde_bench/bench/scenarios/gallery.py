@@ -191,7 +191,9 @@ class _Stores:
                 model_name=e.plain,
             )
             write_s = time.perf_counter() - t0
-            store = open_store(path, e.model)
+            store = open_store(
+                path, e.model, checksum=False
+            )  # just written: its sizes are checked, not hashed
             info = {
                 "store_kind": kind,
                 "store_images": store.count,
