@@ -99,6 +99,9 @@ class DataCard(_Card):
     # VQA: answers whose normalised multiple_choice_answer occurs at least this often in the training split form the
     # answer vocabulary; one setting for training and the harness (default: tasks.VQA_ANSWER_MIN_COUNT)
     answer_min_count: PositiveInt = VQA_ANSWER_MIN_COUNT
+    # a missing or undecodable image drops its example (listed and counted in run.json / the checkpoint) instead of
+    # stopping the run or the training; off by default: a bad image is one line naming it
+    skip_bad_images: bool = False
 
     @property
     def synthetic(self) -> bool:

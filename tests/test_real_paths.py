@@ -139,3 +139,28 @@ def test_end_to_end_on_an_official_folder(tmp_path, task):
     # everything written lives under the working folder (runs, the tokenizer cache), nothing in the data folder
     assert (work / "reports" / "cache" / "tokenizers").is_dir()
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == listing
+
+
+def test_bad_images_are_skipped_only_when_the_suite_says_so(tmp_path):
+    """A dataset with one corrupt image: by default one line naming it; with data.skip_bad_images its examples
+    are dropped and the image is listed (what run.json and the checkpoint record)."""
+    from dde_bench.cards import SuiteCard
+    from dde_bench.data.readers import load_split
+    from dde_bench.data.suite import load_suite_data
+    from dde_bench.errors import UserError
+    from dde_bench.modeling import size_config
+
+    d = official_folder(tmp_path, "snli-ve")
+    victim = load_split("snli-ve", d, "dev")[0].image_paths[0]
+    victim.write_bytes(b"\xff\xd8 not really a jpeg")
+    card = SuiteCard.from_dict({"name": "snli-ve", "task": "snli-ve"}).with_data_dir(d)
+    with pytest.raises(UserError, match=str(victim)):
+        load_suite_data(card, tmp_path / "cache", size_config("tiny"), ("dev",))
+    skipping = SuiteCard.from_dict(
+        {"name": "snli-ve", "task": "snli-ve", "data": {"skip_bad_images": True}}
+    ).with_data_dir(d)
+    data = load_suite_data(skipping, tmp_path / "cache", size_config("tiny"), ("dev",))
+    assert data.bad_images["count"] == 1 and data.bad_images["images"][0]["path"] == str(victim)
+    kept = data.examples["dev"]
+    assert kept and all(victim not in e.image_paths for e in kept)
+    assert len(kept) < len(load_split("snli-ve", d, "dev"))

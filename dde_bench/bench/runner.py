@@ -180,6 +180,7 @@ class Runner:
             resume=cfg.resume,
             cache_root=str(cfg.cache_root),
             data_dir=str(workload.data_dir),
+            skipped_images=workload.data.bad_images,
             eval_split=workload.split,
             threads=torch.get_num_threads(),
             inject_slowdown=os.environ.get("DDE_BENCH_INJECT_SLOWDOWN") or None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,9 @@ class SuiteData:
     tokenizer: object  # a transformers BertTokenizerFast
     answer_vocab: list[str] | None  # VQA: the answers the head predicts, most frequent first; else None
     examples: dict = field(default_factory=dict)  # split -> [Example]
+    bad_images: dict | None = (
+        None  # data.skip_bad_images: {"count", "images": [{path, reason}]} of what was dropped
+    )
     datasets: dict = field(default_factory=dict)  # split -> TaskDataset (the model config of load_suite_data)
 
     @property
@@ -133,8 +137,13 @@ def load_suite_data(
     tok = tokenizer or suite_tokenizer(card, data_dir, cache_root, vocab_size=model_cfg.vocab_size)
     vocab = answers if answers is not None else answer_vocab(card, data_dir)
     out = SuiteData(card, data_dir, tok, vocab)
+    bad = None
+    if card.data.skip_bad_images:
+        from dde_bench.data.images import BadImages
+
+        bad = BadImages()
     for i, split in enumerate(splits):
-        examples = load_split(card.task, data_dir, split, answer_vocab=vocab)
+        examples = load_split(card.task, data_dir, split, answer_vocab=vocab, skip_bad_images=bad)
         limit = limits[i] if i < len(limits) else None
         if limit is not None:
             examples = examples[:limit]
@@ -142,4 +151,11 @@ def load_suite_data(
             raise UserError(f"{data_dir}: split {split!r} has no examples")
         out.examples[split] = examples
         out.datasets[split] = out.dataset(split, model_cfg)
+    if bad is not None:
+        out.bad_images = bad.summary()
+        if len(bad):
+            print(
+                f"dde-bench: warning: skipped {len(bad)} bad images in {data_dir} (data.skip_bad_images)",
+                file=sys.stderr,
+            )
     return out

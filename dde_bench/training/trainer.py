@@ -740,6 +740,7 @@ def _train(cfg: TrainConfig) -> Path:
             "world_size": d.world,
             "precision": precision,
             "data_dir": str(data.data_dir),
+            "skipped_images": data.bad_images,
         }
         save_model(model, out, meta)
         save_vocab(tok, out)  # the checkpoint carries its tokenizer
