@@ -148,6 +148,10 @@ def _cli(*args, env_extra: dict | None = None):
         (["run", "--suite", "nlvr2", "--scenarios", "warp"], "unknown scenario 'warp'"),
         (["run", "--suite", "nlvr2", "--batch-sizes", "8,x"], "--batch-sizes must be"),
         (["run", "--suite", "nlvr2", "--resume"], "--resume needs --out"),
+        (["run", "--suite", "nlvr2", "--min-iters", "0"], "--min-iters must be at least 1"),
+        (["run", "--suite", "nlvr2", "--min-time", "-1"], "--min-time must be 0 or more"),
+        (["run", "--suite", "nlvr2", "--threads", "0"], "--threads must be at least 1"),
+        (["run", "--suite", "nlvr2", "--models", "tiny-teacher", "--dtype", "fp64"], "unknown dtype 'fp64'"),
     ],
 )
 def test_run_bad_input_is_one_line(use_bench_env, args, message):

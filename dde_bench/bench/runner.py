@@ -111,6 +111,12 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     budget = card.teacher_gallery_budget_s or (0.5 if cfg.quick else 3.0)
     if cfg.threads is not None and cfg.threads < 1:
         raise UserError(f"--threads must be at least 1, got {cfg.threads}")
+    if cfg.min_iters is not None and cfg.min_iters < 1:
+        raise UserError(f"--min-iters must be at least 1, got {cfg.min_iters}")
+    if cfg.min_time_s is not None and not cfg.min_time_s >= 0:  # (NaN too)
+        raise UserError(f"--min-time must be 0 or more seconds, got {cfg.min_time_s}")
+    if cfg.store_shard_size < 1:
+        raise UserError(f"store shard size must be at least 1, got {cfg.store_shard_size}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.out) if cfg.out else paths.runs_dir() / f"{card.name}-{device.type}-{stamp}"
     return RunPlan(
