@@ -1,8 +1,9 @@
 """Batches for training and evaluation.
 
-:class:`TaskDataset` tokenises every text once and, with ``cache_images`` (the default, meant for the small
-synthetic world), decodes every image once into one uint8 tensor, so an epoch is a few tensor indexing ops per
-batch. Without the cache (large real data) images are decoded per batch.
+:class:`TaskDataset` tokenises every text once and, when the decoded images fit in ``CACHE_MAX_BYTES`` (the small
+synthetic worlds; ``cache_images`` forces either way), decodes every image once into uint8 tensors, so an epoch is a
+few tensor indexing ops per batch. Otherwise (large real data) images are decoded per batch, by the training
+loader's worker processes (:mod:`dde_bench.data.loader`).
 
 A batch is a dict: ``input_ids`` / ``attention_mask`` (B, T) long, trimmed to the longest text in the batch;
 ``pixel_values`` float32 (B, 3, H, W) -- (B, 2, 3, H, W) for NLVR2 -- and ``pixel_mask`` long (B, H, W) /
@@ -20,6 +21,9 @@ import torch
 from dde_bench.data.images import ImageProcessor
 from dde_bench.data.readers import Example, check_task
 
+# decoded images are held in memory up to this many bytes (worst case: every image at the processor's largest size)
+CACHE_MAX_BYTES = 2 * 10**9
+
 
 class TaskDataset:
     """Examples of one task, pre-tokenised and (optionally) with decoded images held in memory."""
@@ -32,7 +36,7 @@ class TaskDataset:
         image_processor: ImageProcessor,
         max_len: int,
         answer_vocab: Sequence[str] | None = None,
-        cache_images: bool = True,
+        cache_images: bool | None = None,
     ):
         self.task = check_task(task)
         self.examples = list(examples)
@@ -78,6 +82,11 @@ class TaskDataset:
         self.image_index = torch.tensor(idx, dtype=torch.long).reshape(len(self.examples), self.n_images)
         self._images: list[torch.Tensor] | None = None
         self._stacked: torch.Tensor | None = None
+        if cache_images is None:  # the largest resized image, 3 bytes a pixel, for every distinct image
+            cache_images = (
+                len(self.paths) * 3 * image_processor.shorter * image_processor.longer <= CACHE_MAX_BYTES
+            )
+        self.cached = bool(cache_images)
         if cache_images:
             self._images = [image_processor.load_uint8(p) for p in self.paths]
             shapes = {tuple(t.shape) for t in self._images}

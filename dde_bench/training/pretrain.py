@@ -82,6 +82,7 @@ class CaptionDataset:
         if len({tuple(t.shape) for t in images}) != 1:
             raise UserError(f"{path}: pre-training needs images of one size")
         self.images = torch.stack(images)
+        self.cached = True  # decoded once, held in memory (the training loader needs no workers)
 
     def __len__(self) -> int:
         return len(self.input_ids)

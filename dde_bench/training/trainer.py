@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dde_bench.cards import SuiteCard
+from dde_bench.data.loader import default_workers, step_batches
 from dde_bench.data.suite import image_processor_for, load_suite_data
 from dde_bench.data.tokenize import model_tokenizer, save_vocab
 from dde_bench.errors import UserError
@@ -120,6 +121,9 @@ class TrainConfig:
     progress: bool = True
     stop_after: int | None = None  # stop (state saved) after this many steps, as an interruption would
     itm_hard: float = 0.0  # pre-training: share of ITM negatives that are minimal-edit false captions
+    # DataLoader worker processes that build (decode) the batches; None = 0 when the images are held in memory,
+    # else up to 4 (dde_bench.data.loader)
+    loader_workers: int | None = None
 
     def __post_init__(self) -> None:
         self.suite = SuiteCard.of(self.suite)
@@ -650,17 +654,23 @@ def _train(cfg: TrainConfig) -> Path:
     count = 0
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
     step = start
+
+    def make_batch(micro_step: int) -> dict:
+        """The batch of one micro-step: a pure function of it (so workers may build it, and a resume too)."""
+        idx = shard_indices(len(train_set), cfg.batch_size, micro_step, cfg.seed, d)
+        if cfg.stage == "pretrain":
+            g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + micro_step) * 64 + d.rank)
+            return train_set.batch(idx, g, hard=cfg.itm_hard)
+        return train_set.batch(idx)
+
+    workers = cfg.loader_workers if cfg.loader_workers is not None else default_workers(train_set.cached)
+    batches = step_batches(
+        make_batch, start * cfg.grad_accum, end * cfg.grad_accum, workers, pin_memory=device.type == "cuda"
+    )
     try:
         for step in range(start, end):
             for micro in range(cfg.grad_accum):
-                micro_step = step * cfg.grad_accum + micro
-                idx = shard_indices(len(train_set), cfg.batch_size, micro_step, cfg.seed, d)
-                if cfg.stage == "pretrain":
-                    g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + micro_step) * 64 + d.rank)
-                    batch = train_set.batch(idx, g, hard=cfg.itm_hard)
-                else:
-                    batch = train_set.batch(idx)
-                batch = to_device(batch, device)
+                batch = to_device(next(batches), device)
                 sync = micro == cfg.grad_accum - 1 or d.world == 1
                 ctx = nullcontext() if sync else ddp_module.no_sync()
                 with ctx:
