@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,7 +265,17 @@ def _load_or_build(
     model = load_teacher(path, task=task) if card.kind == "teacher" else load_student(path)
     if model.task != task:
         raise UserError(f"{path}: a {model.task} model cannot be measured on suite {workload.card.name}")
-    return model, True, note, model_tokenizer(path)
+    tok = model_tokenizer(path)
+    if tok is None:
+        n = workload.data.vocab_size
+        if n > model.config.vocab_size:
+            raise UserError(
+                f"{path}: brings no tokenizer, and the suite's ({n} tokens) does not fit its vocabulary "
+                f"({model.config.vocab_size}); put the model's vocab.txt (or tokenizer files) in that folder"
+            )
+        note += f"; no tokenizer in its folder: the suite's ({n} tokens) is assumed"
+        warnings.warn(f"{path}: brings no tokenizer; assuming the suite's ({n} tokens)", stacklevel=2)
+    return model, True, note, tok
 
 
 # ------------------------------------------------------------------------------------------------ inputs
