@@ -186,6 +186,8 @@ class DistillCard(_Card):
     soft: float = 1.0
     attention: float = 1.0
     temperature: PositiveFloat = 1.0
+    # the attention KL over every query row, padded ones included (the authors'), or over real queries only
+    attention_queries: Literal["all", "valid"] = "all"
 
 
 class ModelCard(_Card):

@@ -94,13 +94,14 @@ def _random_case(b=2, heads=2, t=3, p=4, d=5, seed=0):
 
 
 def test_padded_key_gets_zero_probability_and_does_not_change_the_loss():
+    """queries="valid": padded keys and padded queries leave the loss unchanged."""
     b, heads, t, p, d = 1, 2, 3, 4, 5
     tq, tk, sq_t, sk_t, sq_i, sk_i = _random_case(b, heads, t, p, d)
     text_mask = torch.tensor([[True, True, False]])  # last text token is padding
     image_mask = torch.tensor([[True, True, True, False]])  # last patch is padding
     tmask = torch.cat([text_mask, image_mask], 1)
     loss, _ = cross_modal_attention_loss(
-        enc(tq, tk, tmask, t), enc(sq_t, sk_t, text_mask), enc(sq_i, sk_i, image_mask)
+        enc(tq, tk, tmask, t), enc(sq_t, sk_t, text_mask), enc(sq_i, sk_i, image_mask), queries="valid"
     )
     # change the padded keys (and queries) arbitrarily: the loss must not move
     tq2, tk2, sk_t2, sk_i2, sq_i2, sq_t2 = (
@@ -120,7 +121,7 @@ def test_padded_key_gets_zero_probability_and_does_not_change_the_loss():
     sk_i2[:, :, -1] += 40.0
     sq_i2[:, :, -1] += 7.0
     loss2, _ = cross_modal_attention_loss(
-        enc(tq2, tk2, tmask, t), enc(sq_t2, sk_t2, text_mask), enc(sq_i2, sk_i2, image_mask)
+        enc(tq2, tk2, tmask, t), enc(sq_t2, sk_t2, text_mask), enc(sq_i2, sk_i2, image_mask), queries="valid"
     )
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-5)
     # and equals the loss on the same inputs with the padded positions removed
@@ -130,8 +131,60 @@ def test_padded_key_gets_zero_probability_and_does_not_change_the_loss():
         enc(tq[:, :, keep], tk[:, :, keep], None, 2),
         enc(sq_t[:, :, keep_t], sk_t[:, :, keep_t]),
         enc(sq_i[:, :, keep_i], sk_i[:, :, keep_i]),
+        queries="valid",
     )
     assert loss3.item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def _authors_attention_loss(tq, tk, sq_t, sk_t, sq_i, sk_i, text_mask, image_mask, t):
+    """The authors' formula written out (kugwzk/DiDE objectives.py, compute_twotower_cross_modal_attention_loss):
+    scores masked to -inf on padded keys, KL(teacher || student) per element with 0 where the teacher's
+    probability is 0 (the torch 1.x kl_div they ran), times the key mask, summed over keys, then torch.mean over
+    every (batch, head, query) row, padded queries included."""
+    scale = tq.shape[-1] ** -0.5
+
+    def kl(s_scores, t_scores, key_mask):
+        s_scores = s_scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        t_scores = t_scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        logp_s, p_t = s_scores.log_softmax(-1), t_scores.softmax(-1)
+        elem = torch.where(p_t > 0, p_t * (p_t.log() - logp_s), torch.zeros_like(p_t))
+        elem = elem * key_mask[:, None, None, :].float()
+        return elem.sum(-1).mean()
+
+    t2i = kl(
+        sq_t @ sk_i.transpose(-2, -1) * scale,
+        tq[:, :, :t] @ tk[:, :, t:].transpose(-2, -1) * scale,
+        image_mask,
+    )
+    i2t = kl(
+        sq_i @ sk_t.transpose(-2, -1) * scale,
+        tq[:, :, t:] @ tk[:, :, :t].transpose(-2, -1) * scale,
+        text_mask,
+    )
+    return t2i + i2t
+
+
+def test_attention_loss_counts_padded_queries_as_the_authors_do():
+    """queries="all" (the default) equals the authors' formula on padded batches, and differs from the masked
+    form there; without padding the two forms agree."""
+    b, heads, t, p, d = 3, 2, 4, 5, 6
+    tq, tk, sq_t, sk_t, sq_i, sk_i = _random_case(b, heads, t, p, d, seed=11)
+    text_mask = torch.tensor([[True] * 4, [True, True, False, False], [True, True, True, False]])
+    image_mask = torch.tensor([[True] * 5, [True] * 4 + [False], [True] * 3 + [False] * 2])
+    tmask = torch.cat([text_mask, image_mask], 1)
+    args = (enc(tq, tk, tmask, t), enc(sq_t, sk_t, text_mask), enc(sq_i, sk_i, image_mask))
+    ours, _ = cross_modal_attention_loss(*args)
+    theirs = _authors_attention_loss(tq, tk, sq_t, sk_t, sq_i, sk_i, text_mask, image_mask, t)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    masked, _ = cross_modal_attention_loss(*args, queries="valid")
+    assert abs(masked.item() - ours.item()) > 1e-3 * ours.item()
+    full = torch.ones(b, t + p, dtype=torch.bool)
+    unpadded = (enc(tq, tk, full, t), enc(sq_t, sk_t, full[:, :t]), enc(sq_i, sk_i, full[:, t:]))
+    a, _ = cross_modal_attention_loss(*unpadded)
+    v, _ = cross_modal_attention_loss(*unpadded, queries="valid")
+    assert a.item() == pytest.approx(v.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="queries must be one of"):
+        cross_modal_attention_loss(*args, queries="some")
 
 
 def test_teacher_is_renormalised_over_the_other_modality_not_a_joint_softmax_block():

@@ -115,10 +115,14 @@ class TaskDataset:
             return values.reshape(B, 2, *values.shape[1:]), mask.reshape(B, 2, *mask.shape[1:])
         return values, mask
 
-    def batch(self, indices: Sequence[int] | torch.Tensor) -> dict:
-        """The batch of the examples at ``indices`` (in that order)."""
+    def batch(self, indices: Sequence[int] | torch.Tensor, full_length: bool = False) -> dict:
+        """The batch of the examples at ``indices`` (in that order); the text trimmed to its longest, or padded to
+        the full text length with ``full_length``."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        T = max(int(self.lengths[idx].max()), 1) if len(idx) else 1
+        if full_length:
+            T = self.input_ids.shape[1]
+        else:
+            T = max(int(self.lengths[idx].max()), 1) if len(idx) else 1
         pixel_values, pixel_mask = self._pixels(self.image_index[idx])
         out = {
             "input_ids": self.input_ids[idx, :T],

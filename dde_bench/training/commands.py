@@ -90,6 +90,11 @@ def student_cmd(
     soft: float = typer.Option(1.0, help="weight of the soft-label distillation loss"),
     attention: float = typer.Option(1.0, help="weight of the cross-modal attention distillation loss"),
     temperature: float = typer.Option(1.0, help="soft-label temperature"),
+    attention_queries: str = typer.Option(
+        "all",
+        help="attention KL over every query row, padded ones included (all: the authors' form) or real queries "
+        "only (valid)",
+    ),
     pretrain_distill: bool = typer.Option(
         False, help="distil in a pre-training stage on captions first (needs TEACHER/pretrain)"
     ),
@@ -123,7 +128,7 @@ def student_cmd(
         _suite(suite, data_dir),
         teacher,
         out or paths.home() / "checkpoints" / "student",
-        LossWeights(gt, soft, attention, temperature),
+        LossWeights(gt, soft, attention, temperature, attention_queries=attention_queries),
         get_recipe(recipe),
         pretrain_distill=pretrain_distill,
         seed=seed,

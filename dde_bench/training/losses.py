@@ -15,8 +15,11 @@ Conventions (the DiDE paper and the authors' released code, kugwzk/DiDE `src/vil
   ``softmax(q_text k_image^T / sqrt(d))`` over the image keys and image-to-text over the text keys; the teacher's
   from its own last-layer q and k, the score matrix sliced by modality and *re-normalised over the other
   modality's keys only* (a softmax over the sliced scores, not a sub-block of the joint softmax).
-  ``KL(teacher || student)`` summed over keys, averaged over the valid (batch, head, query) triples; padded
-  keys get probability 0 in both; padded queries are left out. Loss = t2i + i2t. NLVR2: the teacher ran
+  ``KL(teacher || student)`` summed over keys (padded keys get probability 0 in both, contributing 0), then
+  averaged over (batch, head, query) rows. Which rows: ``queries="all"`` (the default) averages over every row,
+  padded text queries and padded image patches included, as the authors' code does (objectives.py,
+  ``compute_twotower_cross_modal_attention_loss``: ``torch.mean(torch.sum(kl * key_mask, -1))``, text padded to
+  the model's full text length); ``queries="valid"`` leaves padded queries out. Loss = t2i + i2t. NLVR2: the teacher ran
   [text + left image; text + right image] as one batch of 2B, the student's image tower ran the 2B images in the
   same order; the text queries are repeated for each image and the loss is summed over the two images.
 """
@@ -29,6 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from dde_bench.modeling.transformer import EncoderOutput
+
+# which (batch, head, query) rows the attention KL averages over: every row (the authors'), or real queries only
+ATTENTION_QUERIES = ("all", "valid")
 
 
 def task_loss(task: str, logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -96,12 +102,18 @@ def cross_modal_attention_loss(
     student_text: EncoderOutput,
     student_image: EncoderOutput,
     num_images: int = 1,
+    queries: str = "all",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """DiDE's cross-modal attention distillation at the last layer (t2i + i2t).
+
+    ``queries``: "all" averages over every (batch, head, query) row, padded queries included (the authors'
+    form); "valid" over the rows of real queries only.
 
     teacher: the fusion encoder's output from ``explicit=True`` over [text; image] (for NLVR2 a batch of 2B,
     [all text+left; all text+right]); student_text over B texts and student_image over ``num_images * B``
     images in the same order. Returns the loss and its parts ``{"t2i", "i2t"}`` as floats."""
+    if queries not in ATTENTION_QUERIES:
+        raise ValueError(f"queries must be one of {ATTENTION_QUERIES}, got {queries!r}")
     for name, out in (("teacher", teacher), ("student text", student_text), ("student image", student_image)):
         if out.last_q is None or out.last_k is None:
             raise ValueError(f"{name} output has no last-layer q/k: run it with explicit=True")
@@ -135,6 +147,8 @@ def cross_modal_attention_loss(
         sl = slice(j * b, (j + 1) * b)
         tm = None if text_mask is None else text_mask[sl]
         im = None if image_mask is None else image_mask[sl]
-        t2i = t2i + attention_kl(t_t2i[sl], s_t2i[sl], tm, im)
-        i2t = i2t + attention_kl(t_i2t[sl], s_i2t[sl], im, tm)
+        # query rows: every one (the authors'), or the valid ones; keys are always masked
+        tq_mask, iq_mask = (None, None) if queries == "all" else (tm, im)
+        t2i = t2i + attention_kl(t_t2i[sl], s_t2i[sl], tq_mask, im)
+        i2t = i2t + attention_kl(t_i2t[sl], s_i2t[sl], iq_mask, tm)
     return t2i + i2t, {"t2i": float(t2i.detach()), "i2t": float(i2t.detach())}

@@ -397,7 +397,11 @@ def ensure_trained(
     )
     d = model_card.distill
     weights = LossWeights(
-        ground_truth=d.ground_truth, soft=d.soft, attention=d.attention, temperature=d.temperature
+        ground_truth=d.ground_truth,
+        soft=d.soft,
+        attention=d.attention,
+        temperature=d.temperature,
+        attention_queries=d.attention_queries,
     )
     key = _key(
         RECIPE_VERSION, _data_key(suite_card), _card_core(model_card), _recipe_key(recipe), t_path.name

@@ -52,7 +52,12 @@ from dde_bench.modeling.config import size_config
 from dde_bench.modeling.models import Student, Teacher
 from dde_bench.modeling.weights import load_safetensors, load_torch_weights
 from dde_bench.tasks import TRAIN_SPLIT, num_images
-from dde_bench.training.losses import cross_modal_attention_loss, soft_label_loss, task_loss
+from dde_bench.training.losses import (
+    ATTENTION_QUERIES,
+    cross_modal_attention_loss,
+    soft_label_loss,
+    task_loss,
+)
 from dde_bench.training.pretrain import CaptionDataset, PretrainHeads
 
 KINDS = ("teacher", "student")
@@ -85,6 +90,9 @@ class LossWeights:
     attention: float = 0.0
     temperature: float = 1.0
     mlm: float = 1.0
+    # attention KL averaged over every query row, padded ones included ("all", the authors' form; the text is
+    # then padded to the model's full text length, as theirs is) or over real queries only ("valid")
+    attention_queries: str = "all"
 
 
 @dataclass
@@ -239,7 +247,7 @@ class TaskLoss(nn.Module):
                 parts["soft"] = float(soft.detach())
             if need_att:
                 att, att_parts = cross_modal_attention_loss(
-                    t_out.encoder, out.text, out.image, num_images(m.task)
+                    t_out.encoder, out.text, out.image, num_images(m.task), queries=w.attention_queries
                 )
                 total = total + w.attention * att
                 parts["attention"] = float(att.detach())
@@ -326,7 +334,9 @@ class PretrainLoss(nn.Module):
                     total = total + w.soft * soft
                     parts["soft"] = float(soft.detach())
                 if need_att:
-                    att, att_parts = cross_modal_attention_loss(t_enc, text, image, 1)
+                    att, att_parts = cross_modal_attention_loss(
+                        t_enc, text, image, 1, queries=self.weights.attention_queries
+                    )
                     total = total + w.attention * att
                     parts["attention"] = float(att.detach())
                     parts.update(att_parts)
@@ -514,6 +524,10 @@ def _train(cfg: TrainConfig) -> Path:
         raise UserError("a student needs at least one of --gt, --soft, --attention above 0")
     if w.temperature <= 0:
         raise UserError(f"--temperature must be positive, got {w.temperature}")
+    if w.attention_queries not in ATTENTION_QUERIES:
+        raise UserError(
+            f"--attention-queries: expected one of {', '.join(ATTENTION_QUERIES)}, got {w.attention_queries!r}"
+        )
     device = resolve_device(cfg.device)
     if cfg.kind == "student" and not cfg.teacher:
         raise UserError("a student needs --teacher (the checkpoint it is initialised and distilled from)")
@@ -661,8 +675,12 @@ def _train(cfg: TrainConfig) -> Path:
         if cfg.stage == "pretrain":
             g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + micro_step) * 64 + d.rank)
             return train_set.batch(idx, g, hard=cfg.itm_hard)
-        return train_set.batch(idx)
+        return train_set.batch(idx, full_length=full_length)
 
+    # the authors' attention form averages over padded text queries too, with text padded to its full length
+    full_length = (
+        cfg.kind == "student" and cfg.weights.attention > 0 and cfg.weights.attention_queries == "all"
+    )
     workers = cfg.loader_workers if cfg.loader_workers is not None else default_workers(train_set.cached)
     batches = step_batches(
         make_batch, start * cfg.grad_accum, end * cfg.grad_accum, workers, pin_memory=device.type == "cuda"
