@@ -117,7 +117,9 @@ def test_loader_workers_give_the_weights_of_the_main_process(cache, tmp_path, mo
     from dde_bench.data import batching
 
     monkeypatch.setattr(batching, "CACHE_MAX_BYTES", 0)  # nothing fits: decode per batch
-    kw = dict(steps=4, train_limit=16, eval_limit=8, optim=OptimConfig(lr=5e-4, warmup_ratio=0.3), grad_accum=2)
+    kw = dict(
+        steps=4, train_limit=16, eval_limit=8, optim=OptimConfig(lr=5e-4, warmup_ratio=0.3), grad_accum=2
+    )
     train(cfg(cache, tmp_path / "main", loader_workers=0, **kw))
     train(cfg(cache, tmp_path / "workers", loader_workers=2, **kw))
     train(cfg(cache, tmp_path / "part", loader_workers=2, stop_after=2, **kw))
@@ -127,6 +129,70 @@ def test_loader_workers_give_the_weights_of_the_main_process(cache, tmp_path, mo
         b = load_file(str(tmp_path / other / "model.safetensors"))
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{other}: {k}")
+
+
+def test_student_starts_from_the_pretrained_or_finetuned_teacher(cache, tmp_path):
+    """init="pretrained-teacher" puts the teacher's pre-training-stage encoder into both towers (the authors'
+    start), "teacher" the fine-tuned one; head_init "fresh" leaves the task head new, "copy" takes the fine-tuned
+    teacher's. lr 0 and one step: the saved weights are the initial ones."""
+    from dde_bench.modeling.checkpoint import load_student, load_teacher
+
+    t = tmp_path / "teacher"
+    train(cfg(cache, t / "pretrain", stage="pretrain", steps=2, train_limit=16))
+    train(cfg(cache, t, steps=2, train_limit=16, eval_limit=8, init=str(t / "pretrain")))
+    still = dict(steps=1, train_limit=16, eval_limit=8, optim=OptimConfig(lr=0.0, warmup_ratio=0.0))
+    weights = LossWeights(ground_truth=0.0, soft=1.0, attention=1.0)
+    runs = {
+        ("pretrained-teacher", "fresh"): tmp_path / "s-pre-fresh",
+        ("teacher", "copy"): tmp_path / "s-tuned-copy",
+        ("pretrained-teacher", "copy"): tmp_path / "s-pre-copy",
+    }
+    for (init, head), out in runs.items():
+        train(
+            cfg(
+                cache,
+                out,
+                kind="student",
+                teacher=str(t),
+                init=init,
+                head_init=head,
+                weights=weights,
+                **still,
+            )
+        )
+    pre, tuned = load_teacher(t / "pretrain"), load_teacher(t)
+    enc = lambda m: m.encoder.state_dict()  # noqa: E731
+
+    def towers_equal(student, teacher) -> bool:
+        sd = enc(teacher)
+        return all(
+            torch.equal(v, sd[k])
+            for tower in (student.text_tower, student.image_tower)
+            for k, v in tower.state_dict().items()
+        )
+
+    s = load_student(runs[("pretrained-teacher", "fresh")])
+    assert towers_equal(s, pre) and not towers_equal(s, tuned)
+    assert not torch.equal(s.head[0].weight, tuned.head[0].weight)
+    s = load_student(runs[("teacher", "copy")])
+    assert towers_equal(s, tuned) and torch.equal(s.head[0].weight, tuned.head[0].weight)
+    s = load_student(runs[("pretrained-teacher", "copy")])
+    assert towers_equal(s, pre) and torch.equal(s.head[0].weight, tuned.head[0].weight)
+    meta = json.loads((runs[("pretrained-teacher", "fresh")] / "config.json").read_text())["meta"]["training"]
+    assert (meta["init"], meta["head_init"]) == ("pretrained-teacher", "fresh")  # the row records its start
+    plain = tmp_path / "teacher-without-pretraining"
+    train(cfg(cache, plain, steps=1, train_limit=16, eval_limit=8))
+    with pytest.raises(UserError, match="no teacher checkpoint"):
+        train(
+            cfg(
+                cache,
+                tmp_path / "x",
+                kind="student",
+                teacher=str(plain),
+                init="pretrained-teacher",
+                **still,
+            )
+        )
 
 
 def test_pretraining_stage_and_student_pretrain_distillation(cache, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -98,6 +99,15 @@ def student_cmd(
     pretrain_distill: bool = typer.Option(
         False, help="distil in a pre-training stage on captions first (needs TEACHER/pretrain)"
     ),
+    init_from: str = typer.Option(
+        "finetuned",
+        help="the towers start from the fine-tuned teacher (finetuned) or from its pre-training stage, "
+        "TEACHER/pretrain (pretrained: the authors' start)",
+    ),
+    head_init: str = typer.Option(
+        "copy",
+        help="the task head copied from the fine-tuned teacher (copy) or initialised fresh (the authors')",
+    ),
     pretrain_steps: int = typer.Option(None, help="steps of the pre-training distillation stage"),
     steps: int = typer.Option(None, help="fine-tuning steps (default: the recipe's)"),
     batch_size: int = typer.Option(None),
@@ -129,7 +139,7 @@ def student_cmd(
         teacher,
         out or paths.home() / "checkpoints" / "student",
         LossWeights(gt, soft, attention, temperature, attention_queries=attention_queries),
-        get_recipe(recipe),
+        replace(get_recipe(recipe), student_init=init_from, student_head=head_init),
         pretrain_distill=pretrain_distill,
         seed=seed,
         device=device,

@@ -31,7 +31,7 @@ from dde_bench.cards import ModelCard, SuiteCard
 from dde_bench.errors import UserError
 from dde_bench.training.trainer import LossWeights, OptimConfig, TrainConfig, train
 
-RECIPE_VERSION = 1  # bump when the pipeline's behaviour changes for the same settings (cache key)
+RECIPE_VERSION = 2  # bump when the pipeline's behaviour changes for the same settings (cache key); 2: the authors' attention form
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,11 @@ class Recipe:
     # student pre-training distillation starts from the "pretrained" teacher's weights (the paper's order) or
     # from the "finetuned" teacher's, as the other student rows do
     student_pretrain_init: str = "pretrained"
+    # fine-tuning students (no pre-training distillation) start their towers from the "finetuned" teacher or from
+    # its "pretrained" stage (the authors' start); their task head is copied from the fine-tuned teacher ("copy")
+    # or starts "fresh" (the authors')
+    student_init: str = "finetuned"
+    student_head: str = "copy"
 
     def optim_for(self, task: str, lr: float, stage: str = "finetune") -> OptimConfig:
         # the x10 is for VQA's answer classifier; the pre-training stage trains the ITM / MLM heads instead
@@ -272,9 +277,12 @@ def train_student(
         eval_every=recipe.eval_every,
         eval_limit=eval_limit if eval_limit is not None else recipe.eval_limit,
         itm_hard=recipe.itm_hard,
+        head_init=recipe.student_head,
     )
     out = Path(out)
-    init = "teacher"
+    if recipe.student_init not in ("finetuned", "pretrained"):
+        raise UserError(f"recipe {recipe.name!r}: student_init must be finetuned or pretrained")
+    init = "teacher" if recipe.student_init == "finetuned" else "pretrained-teacher"
     if pretrain_distill:
         n_pre = recipe.student_pretrain_steps if pretrain_steps is None else pretrain_steps
         if not (Path(teacher) / "pretrain" / "config.json").is_file():
@@ -311,7 +319,12 @@ def _recipe_key(recipe: Recipe) -> dict:
     """The recipe as hashed into cache keys: fields added later are left out at their defaults, so adding one
     does not retrain every cached checkpoint."""
     d = asdict(recipe)
-    for k, v in (("itm_hard", 0.0), ("student_pretrain_init", "pretrained")):
+    for k, v in (
+        ("itm_hard", 0.0),
+        ("student_pretrain_init", "pretrained"),
+        ("student_init", "finetuned"),
+        ("student_head", "copy"),
+    ):
         if d.get(k) == v:
             d.pop(k)
     return d

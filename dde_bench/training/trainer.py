@@ -107,9 +107,13 @@ class TrainConfig:
     init_std: float | None = None  # from-scratch teacher: override the size's init std (tiny worlds: 0.1)
     cache_root: str = "reports/cache"
     init: str = "scratch"  # teacher: scratch | dde-bench checkpoint | transformers ViLT folder;
-    # student: "teacher" (towers from --teacher; in the pre-training stage from its pre-trained stage),
-    # "finetuned-teacher" (pre-training stage: towers from the fine-tuned --teacher, distilled from the
-    # pre-trained one) or a student checkpoint (e.g. from its pre-training stage)
+    # student: "teacher" (towers from the teacher it is distilled from: --teacher, in the pre-training stage its
+    # pre-trained stage), "finetuned-teacher" (towers from the fine-tuned --teacher), "pretrained-teacher"
+    # (towers from --teacher's pre-training stage, --teacher/pretrain: the authors' start), or a student
+    # checkpoint (e.g. from its pre-training stage)
+    head_init: str = (
+        "copy"  # student: the task head copied from the fine-tuned teacher, or "fresh" (the authors')
+    )
     teacher: str | None = None  # student: the teacher checkpoint distilled from (and initialised from)
     steps: int = 1000
     batch_size: int = 32
@@ -529,6 +533,8 @@ def _train(cfg: TrainConfig) -> Path:
             f"--attention-queries: expected one of {', '.join(ATTENTION_QUERIES)}, got {w.attention_queries!r}"
         )
     device = resolve_device(cfg.device)
+    if cfg.head_init not in ("copy", "fresh"):
+        raise UserError(f"--head-init: expected copy or fresh, got {cfg.head_init!r}")
     if cfg.kind == "student" and not cfg.teacher:
         raise UserError("a student needs --teacher (the checkpoint it is initialised and distilled from)")
     d = init_distributed(device)
@@ -588,17 +594,27 @@ def _train(cfg: TrainConfig) -> Path:
             )
         teacher = teacher.to(device).eval().requires_grad_(False)
         model = Student(teacher.config, task, teacher.num_labels)
+        copy_head = cfg.head_init == "copy"
         if cfg.init == "teacher":
-            model.init_from_teacher(teacher)
-        elif cfg.init == "finetuned-teacher":
-            # pre-training distillation from the fine-tuned teacher's weights (the other student rows' start)
-            tuned = load_teacher(Path(cfg.teacher))
-            _check_teacher(tuned, task, cfg.size, str(cfg.teacher))
-            model.init_from_teacher(tuned)
+            model.init_from_teacher(teacher, head=copy_head)
+        elif cfg.init in ("finetuned-teacher", "pretrained-teacher"):
+            # towers from the fine-tuned teacher's weights, or from its pre-training stage (the authors' start:
+            # their towers load the pre-trained ViLT); the fusion MLP starts fresh either way
+            folder = Path(cfg.teacher) / ("pretrain" if cfg.init == "pretrained-teacher" else "")
+            if not (folder / "config.json").is_file():
+                raise UserError(
+                    f"{folder}: no teacher checkpoint (--init {cfg.init} needs the teacher's stage there)"
+                )
+            start = load_teacher(folder)
+            _check_teacher(start, task, cfg.size, str(folder))
+            model.init_from_teacher(start, head=False)
+            if copy_head:  # the task head of the fine-tuned teacher (a pre-trained one has none)
+                tuned = teacher if cfg.stage == "finetune" else load_teacher(Path(cfg.teacher))
+                model.head.load_state_dict(tuned.head.state_dict())
         else:
             init = load_student(cfg.init)
             load_state_checked(model, init.state_dict(), str(cfg.init))
-            if cfg.stage == "finetune" and getattr(init, "meta", {}).get("stage") == "pretrain":
+            if copy_head and cfg.stage == "finetune" and getattr(init, "meta", {}).get("stage") == "pretrain":
                 # its task head never trained: start from the fine-tuned teacher's, as init_from_teacher does
                 model.head.load_state_dict(teacher.head.state_dict())
     if answer_vocab is not None:
