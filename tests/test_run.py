@@ -29,6 +29,15 @@ def test_run_every_scenario(use_bench_env, tmp_path, suite):
     run_dir = _run(tmp_path, suite)
     info, rows, raw = read_run(run_dir)
     assert info["settings"]["suite"] == suite and info["environment"]["threads"] >= 1
+    # the device's measured matmul rate is recorded, and every timed row's share of it (a GEMM is the easiest
+    # dense work there is: no model call beats it by much)
+    peak = info["settings"]["gemm_peak"]["fp32"]
+    assert peak["flops_per_s"] > 1e8 and peak["shape"] == [1024, 1024, 1024] and "best of" in peak["method"]
+    timed = rows[(rows.status == "ok") & rows.flops_per_item.notna()]
+    assert ((timed.gemm_peak_share > 0) & (timed.gemm_peak_share < 2)).all()
+    assert (timed.achieved_flops_per_s == timed.flops_per_item * timed.throughput_per_s).all()
+    phases = json.loads((run_dir / "phases.json").read_text())
+    assert {"data", "GEMM peak", "online fp32", "cached fp32", "gallery fp32"} <= set(phases)
     assert list(pd.read_csv(run_dir / "results.csv").columns[: len(COLUMNS)]) == list(COLUMNS)
     ok = rows[rows.status == "ok"]
     for scenario in ("online", "cached"):

@@ -192,6 +192,8 @@ class RunContext:
     # median seconds per item of each (model, dtype) measured so far, in any scenario (the gallery's estimate of a
     # teacher query's cost reads it)
     per_item_s: dict[tuple[str, str], float] = field(default_factory=dict)
+    # dtype -> this device's measured dense matmul rate (flops.measure_gemm_peak), what rows' utilisation divides by
+    gemm_peak: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.done = self.writer.done_keys()
@@ -255,6 +257,14 @@ class RunContext:
         for row, samples in rows:
             if match_key(row) not in self.done:
                 self.writer.append(row, samples)
+
+    def utilisation(self, flops_per_item: float | None, items_per_s: float | None, dtype: str) -> dict:
+        """A row's achieved FLOP/s and its share of the measured GEMM peak for ``dtype`` (None where unknown)."""
+        if flops_per_item is None or items_per_s is None:
+            return {"achieved_flops_per_s": None, "gemm_peak_share": None}
+        achieved = flops_per_item * items_per_s
+        peak = (self.gemm_peak.get(dtype) or {}).get("flops_per_s")
+        return {"achieved_flops_per_s": achieved, "gemm_peak_share": achieved / peak if peak else None}
 
     def teacher_per_item_s(self, e: Entry, dtype_name: str) -> float:
         """Seconds per item of ``e``'s full call: from this run's measurements, else one short timed call."""

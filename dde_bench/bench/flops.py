@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_flops", "flops_per_item", "peak_flops", "model_flop_utilisation", "PEAK_TFLOPS"]
+__all__ = [
+    "count_flops",
+    "flops_per_item",
+    "peak_flops",
+    "model_flop_utilisation",
+    "measure_gemm_peak",
+    "PEAK_TFLOPS",
+]
 
 # Peak dense TFLOP/s per GPU and matmul precision. Sources: NVIDIA's public datasheets; figures quoted
 # "with sparsity" are halved to give dense ones.
@@ -131,3 +138,33 @@ def model_flop_utilisation(
     if peak is None:
         return None
     return flops_per_item * items_per_s / peak
+
+
+def measure_gemm_peak(device: torch.device | str, dtype: torch.dtype, n: int = 2048, calls: int = 5) -> dict:
+    """This device's dense matmul rate for ``dtype``, measured: the best of ``calls`` timed ``n x n @ n x n``
+    products (2 n^3 FLOPs each) after one warm-up, at the current thread count; CUDA timed with events around
+    each call. What a row's ``gemm_peak_share`` divides by: the rate this machine reaches on the easiest dense
+    work, not a datasheet figure (which is in ``flop_utilisation`` on listed GPUs)."""
+    from dde_bench.bench import timing
+
+    dev = torch.device(device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dev, dtype)
+    b = torch.randn(n, n, generator=g).to(dev, dtype)
+    m = timing.measure(
+        lambda: a @ b,
+        device=dev,
+        warmup_iters=1,
+        warmup_s=0.0,
+        min_iters=calls,
+        min_time_s=0.0,
+        max_time_s=30.0,
+    )
+    best = min(m.samples_s)
+    return {
+        "flops_per_s": 2 * n**3 / best,
+        "shape": [n, n, n],
+        "calls": len(m.samples_s),
+        "threads": torch.get_num_threads(),
+        "method": f"best of {len(m.samples_s)} timed {n}x{n} @ {n}x{n} matmuls after 1 warm-up",
+    }

@@ -11,8 +11,10 @@ This layer measures only: trained weights come from the ``resolve_trained`` func
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from dde_bench import paths
 from dde_bench.bench import scenarios
 from dde_bench.bench.context import GALLERY_SIZES, QUICK_GALLERY_SIZES, RunContext, RunPlan, TimingRule
+from dde_bench.bench.flops import measure_gemm_peak
 from dde_bench.bench.results import ResultWriter
 from dde_bench.bench.summary import print_summary
 from dde_bench.bench.workload import (
@@ -175,11 +178,18 @@ class Runner:
 
     def run(self) -> Path:
         plan, cfg, console = self.plan, self.cfg, self.console
-        t0 = time.perf_counter()
+        phases = Phases()
         self._apply_threads()
-        workload = Workload(plan.suite, Path(cfg.cache_root), console)
-        entries = build_entries(workload, plan.models, plan.device, plan.seed, self.resolve_trained, console)
+        with phases("data"):
+            workload = Workload(plan.suite, Path(cfg.cache_root), console)
+        with phases("models (load / train)"):
+            entries = build_entries(
+                workload, plan.models, plan.device, plan.seed, self.resolve_trained, console
+            )
         self._apply_threads()  # (re)apply: training or loading must not change what is measured
+        with phases("GEMM peak"):
+            n = 1024 if cfg.quick else 2048
+            peaks = {d: measure_gemm_peak(plan.device, DTYPES[d], n=n) for d in plan.dtypes}
         settings = plan.settings()
         settings.update(
             quick=cfg.quick,
@@ -189,6 +199,7 @@ class Runner:
             skipped_images=workload.data.bad_images,
             eval_split=workload.split,
             threads=torch.get_num_threads(),
+            gemm_peak=peaks,
             inject_slowdown=os.environ.get("DDE_BENCH_INJECT_SLOWDOWN") or None,
             config=_plain(asdict(cfg)),
         )
@@ -197,16 +208,19 @@ class Runner:
         ) as writer:
             console.print(f"[bold]run folder[/]: {plan.run_dir}")
             _point_latest(plan.run_dir, plan.suite.name)
-            ctx = RunContext(plan, workload, writer, console)
+            ctx = RunContext(plan, workload, writer, console, gemm_peak=peaks)
             registry = scenarios.registry()
             for dtype in plan.dtypes:
                 models = entries if dtype == "fp32" else [cast(e, DTYPES[dtype]) for e in entries]
-                ctx.accuracy = self._accuracy(ctx, models, dtype)
+                with phases(f"accuracy {dtype}"):
+                    ctx.accuracy = self._accuracy(ctx, models, dtype)
                 with _progress(console) as progress:
                     for name in plan.scenarios:
-                        registry[name].run(ctx, models, dtype, progress)
-            console.print(f"measured in {time.perf_counter() - t0:.0f} s")
+                        with phases(f"{name} {dtype}"):
+                            registry[name].run(ctx, models, dtype, progress)
             print_summary(writer.rows, console)
+        phases.write(plan.run_dir / "phases.json")
+        console.print("[bold]time per phase[/]: " + phases.line())
         return plan.run_dir
 
     def _accuracy(self, ctx: RunContext, entries: list[Entry], dtype: str) -> dict[str, dict]:
@@ -231,6 +245,29 @@ class Runner:
             ev.write_predictions(ctx.plan.run_dir / "predictions", e.name)
             out[e.name] = ev.row(seed=0)
         return out
+
+
+class Phases:
+    """Wall time of each phase of a run (data, models, each scenario ...), printed at the end and written to
+    RUN/phases.json, so a slow run says where its time went."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def line(self) -> str:
+        total = sum(self.seconds.values())
+        return ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()) + f" (total {total:.0f} s)"
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps({k: round(v, 2) for k, v in self.seconds.items()}, indent=2) + "\n")
 
 
 def _plain(d: dict) -> dict:

@@ -52,7 +52,9 @@ COLUMNS = (
     "energy_j_per_item",
     # compute
     "flops_per_item",
-    "flop_utilisation",
+    "flop_utilisation",  # achieved FLOP/s over the GPU's datasheet dense peak (listed GPUs; n/a on CPU)
+    "achieved_flops_per_s",  # flops_per_item x throughput
+    "gemm_peak_share",  # achieved FLOP/s over this device's measured dense matmul rate (run.json gemm_peak)
     # student rows: speedup over the suite's teacher of the same size, same scenario, batch size and dtype,
     # measured interleaved in one process; ratio of medians with a bootstrap 95% interval, and its FLOP bound
     "teacher_model",

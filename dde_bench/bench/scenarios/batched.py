@@ -97,6 +97,7 @@ class BatchedScenario:
                 status="ok",
                 flops_per_item=flops[e.name],
                 flop_utilisation=model_flop_utilisation(flops[e.name], m.throughput_per_s, device, dtype),
+                **ctx.utilisation(flops[e.name], m.throughput_per_s, dtype_name),
             )
             row.update(
                 memory_energy(fns[e.name], device, batch, scenario_modules(e, self.name), not e.compile)

@@ -101,6 +101,7 @@ class GalleryScenario:
                 continue
             m = meas[e.name]
             row.update(m.to_row(), status="ok", flops_per_item=flops[e.name])
+            row.update(ctx.utilisation(flops[e.name], m.throughput_per_s, dtype))
             if e.fusion_cache and e.plain in meas:
                 row.update(vs_plain(meas, e.name, ctx.seed))
             if e.kind == "student":
