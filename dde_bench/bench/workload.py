@@ -50,30 +50,40 @@ class Workload:
         self.split = card.split
         self.data = load_suite_data(card, Path(cache_root), size_config("tiny"), (self.split,), progress=True)
         self.dataset = self.data.datasets[self.split]
-        self._datasets: dict[tuple, Any] = {}
+        tiny = size_config("tiny")
+        self._datasets: dict[tuple, Any] = {
+            self._key(self.data.tokenizer, self.data.answer_vocab, tiny): self.dataset
+        }
 
     def dataset_for(self, e: Entry):
         """The evaluation split as ``e``'s model sees it: its own tokenizer (if it brought one), its answer list
         (VQA) and its text length and image geometry. Shared by every entry that agrees on those."""
-        from dde_bench.data.tokenize import vocab_fingerprint
-
         if e.base is not None:
             return self.dataset_for(e.base)
         cfg = getattr(e.model, "config", None)
-        answers = getattr(e.model, "answer_vocab", None) if self.task == "vqa" else None
-        tok = e.tokenizer
-        if cfg is None or (tok is None and answers is None and _tiny_geometry(cfg)):
+        if cfg is None:
             return self.dataset
-        key = (
-            vocab_fingerprint(tok) if tok is not None else None,
+        tok = e.tokenizer or self.data.tokenizer
+        answers = (
+            (getattr(e.model, "answer_vocab", None) or self.data.answer_vocab) if self.task == "vqa" else None
+        )
+        key = self._key(tok, answers, cfg)
+        if key not in self._datasets:
+            self._datasets[key] = self.data.dataset(self.split, cfg, tokenizer=tok, answer_vocab=answers)
+        return self._datasets[key]
+
+    @staticmethod
+    def _key(tokenizer, answers, cfg) -> tuple:
+        """What a model's view of the split depends on: token ids, answer list, text length, image geometry."""
+        from dde_bench.data.tokenize import vocab_fingerprint
+
+        return (
+            vocab_fingerprint(tokenizer),
             tuple(answers) if answers else None,
             cfg.max_text_len,
             cfg.image_size,
             cfg.patch_size,
         )
-        if key not in self._datasets:
-            self._datasets[key] = self.data.dataset(self.split, cfg, tokenizer=tok, answer_vocab=answers)
-        return self._datasets[key]
 
     @property
     def task(self) -> str:
@@ -145,17 +155,6 @@ def compiled_variant(e: Entry, backend: str, names: set[str]) -> Entry:
     else:
         teacher = f"{e.teacher}@compiled" if f"{e.teacher}@compiled" in names else e.teacher
     return variant(e, "compiled", f"torch.compile(backend={backend!r})", compile=backend, teacher=teacher)
-
-
-def _tiny_geometry(cfg) -> bool:
-    from dde_bench.modeling import size_config
-
-    tiny = size_config("tiny")
-    return (cfg.max_text_len, cfg.image_size, cfg.patch_size) == (
-        tiny.max_text_len,
-        tiny.image_size,
-        tiny.patch_size,
-    )
 
 
 def comparison_groups(entries: list[Entry], scenario: str) -> Iterator[tuple[Entry | None, list[Entry]]]:
