@@ -173,17 +173,20 @@ def comparison_groups(entries: list[Entry], scenario: str) -> Iterator[tuple[Ent
 # ---------------------------------------------------------------------------------------------- building
 def build_entries(
     workload: Workload,
-    names: list[str],
+    names: list[str | ModelCard],
     device: torch.device,
     seed: int = 0,
     resolve_trained: TrainedResolver | None = None,
     console: Console | None = None,
 ) -> list[Entry]:
     """Instantiate every model of the run: trained tiny models, checkpoints, random paper-size models, and
-    transformers reference rows carrying another model's weights (in the order of ``names``)."""
+    transformers reference rows carrying another model's weights (in the order of ``names``: card names, or
+    cards already loaded)."""
     from dde_bench.modeling.hf import teacher_to_hf
 
-    cards = {n: load_model_card(n) for n in names}
+    loaded = [n if isinstance(n, ModelCard) else load_model_card(n) for n in names]
+    cards = {c.name: c for c in loaded}
+    names = [c.name for c in loaded]
     entries: dict[str, Entry] = {}
     torch.manual_seed(seed)
     for name in sorted(names, key=lambda n: cards[n].kind == "hf-vilt"):  # references last

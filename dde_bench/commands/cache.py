@@ -25,30 +25,30 @@ cache_app = typer.Typer(help="Image-feature stores on disk: build them from a su
 
 
 def _student(workload, model: str, seed: int, device, console):
-    """A student from a model card (as `dde-bench run` builds it, trained with the quick recipe where its card says
-    so) or from a checkpoint folder."""
+    """A student (as `dde-bench run` builds it: from a model card, trained with the quick recipe where its card
+    says so, or from a checkpoint folder) and the evaluation split as it sees it (its tokenizer and geometry)."""
     from dde_bench import paths
     from dde_bench.bench.workload import build_entries
-    from dde_bench.cards import load_model_card
-    from dde_bench.modeling.checkpoint import load_student
+    from dde_bench.cards import ModelCard, load_model_card
     from dde_bench.resources import list_names
     from dde_bench.training import trained_resolver
 
     if model in list_names("models"):
         card = load_model_card(model)
-        if card.kind != "student":
-            raise UserError(f"{card.where}: a {card.kind}; only students have an image cache")
-        resolve = trained_resolver(paths.cache_root())
-        return build_entries(workload, [model], device, seed, resolve, console)[0].model
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise UserError(
-            f"{model}: neither a model card ({', '.join(list_names('models'))}) nor a checkpoint folder"
+    else:
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise UserError(
+                f"{model}: neither a model card ({', '.join(list_names('models'))}) nor a checkpoint folder"
+            )
+        card = ModelCard.from_dict(
+            {"name": path.name, "kind": "student", "weights": str(path)}, where=str(path)
         )
-    student = load_student(path)
-    if student.task != workload.task:
-        raise UserError(f"{path}: a {student.task} student cannot cache suite {workload.card.name}")
-    return student.to(device).eval()
+    if card.kind != "student":
+        raise UserError(f"{card.where}: a {card.kind}; only students have an image cache")
+    resolve = trained_resolver(paths.cache_root())
+    entry = build_entries(workload, [card], device, seed, resolve, console)[0]
+    return entry.model, workload.dataset_for(entry)
 
 
 @cache_app.command("build")
@@ -121,10 +121,10 @@ def build_cmd(
     workload = Workload(
         load_suite(suite, check_models=False).with_data_dir(data_dir), paths.cache_root(), console
     )
-    student = _student(workload, model, seed, dev, console)
+    student, dataset = _student(workload, model, seed, dev, console)
     build_store(
         student,
-        workload.dataset,
+        dataset,
         out,
         shard_size=shard_size,
         kind=kind,
