@@ -164,3 +164,57 @@ def test_bad_images_are_skipped_only_when_the_suite_says_so(tmp_path):
     kept = data.examples["dev"]
     assert kept and all(victim not in e.image_paths for e in kept)
     assert len(kept) < len(load_split("snli-ve", d, "dev"))
+
+
+@pytest.mark.slow
+def test_a_transformers_vilt_folder_runs_with_its_own_tokenizer_and_answers(tmp_path):
+    """A researcher's path: a transformers ViltForQuestionAnswering folder (model + tokenizer files, written with
+    save_pretrained, as a hub download is) measured on an official-layout VQA folder. The harness feeds it text
+    tokenised by its own tokenizer, images at its own geometry, and scores its predictions in its own answer list
+    (id2label), with nothing hand-made."""
+    import transformers
+
+    from dde_bench.data.tokenize import load_tokenizer
+    from dde_bench.modeling import size_config
+    from dde_bench.modeling.hf import hf_config_from
+
+    data = official_folder(tmp_path, "vqa")
+    # the model's own vocabulary (not the suite's) and its own answers, in its folder
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "is", "there", "a", "what", "color", "how", "many"]
+    vocab = tmp_path / "tok"
+    vocab.mkdir()
+    (vocab / "vocab.txt").write_text("\n".join(words + ["red", "blue", "circle", "square", "?"]) + "\n")
+    answers = ["yes", "no", "2", "red", "blue"]
+    cfg = hf_config_from(size_config("tiny").replace(vocab_size=64), num_labels=len(answers))
+    cfg.id2label = dict(enumerate(answers))
+    cfg.label2id = {a: i for i, a in enumerate(answers)}
+    cfg.architectures = ["ViltForQuestionAnswering"]
+    folder = tmp_path / "vilt-vqa"
+    torch_model = transformers.ViltForQuestionAnswering(cfg).eval()
+    torch_model.save_pretrained(folder)
+    load_tokenizer(vocab).save_pretrained(folder)
+    assert not (folder / "vocab.txt").exists() or (folder / "tokenizer.json").exists()
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "vilt-vqa.yaml").write_text(yaml.safe_dump({"kind": "teacher", "weights": str(folder)}))
+    suite = tmp_path / "vqa-real.yaml"
+    suite.write_text(
+        yaml.safe_dump(
+            {"name": "vqa-real", "task": "vqa", "models": ["vilt-vqa"], "data": {"answer_min_count": 2}}
+        )
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    p = _cli(
+        "run", "--suite", str(suite), "--data-dir", str(data), "--device", "cpu", "--threads", "1",
+        "--scenarios", "online", "--batch-sizes", "2", "--min-iters", "2", "--min-time", "0", "--no-report",
+        "--out", "run", env={"DDE_BENCH_MODELS": str(models)}, cwd=work,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "brings no tokenizer" not in p.stderr
+    row = json.loads((work / "run" / "results.jsonl").read_text().splitlines()[0])
+    assert row["status"] == "ok" and 0.0 <= row["accuracy"] <= 1.0
+    predicted = {
+        r["answer"] for r in json.loads((work / "run" / "predictions" / "vilt-vqa.json").read_text())
+    }
+    assert predicted <= set(answers)  # the model's answer list, not the data's

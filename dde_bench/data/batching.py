@@ -62,10 +62,15 @@ class TaskDataset:
         if task in ("nlvr2", "snli-ve"):
             labels = [-100 if e.label is None else e.label for e in self.examples]
             self.labels = torch.tensor(labels, dtype=torch.long)
-        if task == "vqa":
+        if (
+            task == "vqa"
+        ):  # soft targets over this dataset's answer list (a model's may differ from the data's)
+            from dde_bench.data.readers import vqa_target
+
+            index = {a: i for i, a in enumerate(self.answer_vocab)}
             self.targets = torch.zeros(len(self.examples), self.num_answers, dtype=torch.float32)
             for i, e in enumerate(self.examples):
-                for k, v in (e.target or {}).items():
+                for k, v in (vqa_target(e.answers, index) if e.answers else {}).items():
                     self.targets[i, k] = v
         # image index: every distinct path once
         self.paths: list[Path] = []

@@ -392,6 +392,13 @@ def build_vqa_answer_vocab(
     return vocab
 
 
+def vqa_target(answers: Sequence[str], index: dict[str, int]) -> dict[int, float]:
+    """VQA's soft target of one question over an answer vocabulary (answer -> position): each normalised human
+    answer in the vocabulary scores min(1, count / 3) (ViLT's ``vqa_soft_score``)."""
+    counts = Counter(normalize_vqa_answer(x) for x in answers)
+    return {index[w]: vqa_soft_score(c) for w, c in counts.items() if w in index}
+
+
 def read_vqa(data_dir: Path, split: str, answer_vocab: Sequence[str] | None = None) -> list[Example]:
     """Read VQA v2 questions (+ annotations when the split has them) with soft targets over ``answer_vocab``."""
     data_dir = Path(data_dir)
@@ -425,8 +432,7 @@ def read_vqa(data_dir: Path, split: str, answer_vocab: Sequence[str] | None = No
             ex.meta["question_type"] = a.get("question_type")
             ex.meta["answer_type"] = a.get("answer_type")
             if index is not None:
-                counts = Counter(normalize_vqa_answer(x) for x in answers)
-                ex.target = {index[w]: vqa_soft_score(c) for w, c in counts.items() if w in index}
+                ex.target = vqa_target(answers, index)
         elif anns:
             raise UserError(f"{a_path}: no annotation for question_id {qid} of {q_path.name}")
         out.append(ex)
