@@ -69,6 +69,22 @@ def read_config(folder: str | Path) -> dict:
     return read_json(path, "checkpoint config")
 
 
+def checkpoint_answers(folder: str | Path) -> list[str] | None:
+    """The VQA answer list a checkpoint predicts into: a dde-bench checkpoint's ``meta.answer_vocab``, a
+    transformers one's ``id2label`` (in label order); None when it has none."""
+    cfg = read_config(folder)
+    meta = cfg.get("meta")
+    if isinstance(meta, dict) and isinstance(meta.get("answer_vocab"), list):
+        return [str(a) for a in meta["answer_vocab"]]
+    id2label = cfg.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        try:
+            return [str(id2label[str(i)]) for i in range(len(id2label))]
+        except KeyError:
+            raise UserError(f"{folder}/config.json: id2label is not labels 0..{len(id2label) - 1}") from None
+    return None
+
+
 def _checked_fields(path: Path, cfg: dict) -> tuple[str, str, int | None, VLConfig, dict]:
     """kind, task, num_labels, config and meta of a dde-bench config.json, each checked for type; a wrong
     one is a UserError naming the file and the key."""

@@ -42,10 +42,10 @@ from dde_bench.data.tokenize import model_tokenizer, save_vocab
 from dde_bench.errors import UserError
 from dde_bench.evaluation import evaluate
 from dde_bench.modeling.checkpoint import (
+    checkpoint_answers,
     load_state_checked,
     load_student,
     load_teacher,
-    read_config,
     save_model,
 )
 from dde_bench.modeling.config import size_config
@@ -564,10 +564,9 @@ def _train(cfg: TrainConfig) -> Path:
         (cfg.train_limit, cfg.eval_limit),
         progress=cfg.progress and d.main,
         tokenizer=model_tokenizer(source) if source else None,
-        # a student predicts its teacher's answers, whatever the data's threshold would give
-        answers=read_config(Path(cfg.teacher)).get("meta", {}).get("answer_vocab")
-        if cfg.kind == "student"
-        else None,
+        # VQA: a model started from a checkpoint keeps that checkpoint's answer list (its head's rows), and a
+        # student predicts its teacher's; the data's list (data.answer_min_count) only sizes a new head
+        answers=checkpoint_answers(source) if source and task == "vqa" and Path(source).is_dir() else None,
     )
     tok, answer_vocab, num_labels = data.tokenizer, data.answer_vocab, data.num_labels
     if cfg.stage == "finetune":
