@@ -90,11 +90,15 @@ def read_json(path: Path, what: str = "JSON file", object_only: bool = True) -> 
     """The JSON value of ``path``; unreadable, not UTF-8, malformed or (with ``object_only``) not a JSON
     object is a UserError naming the file (and the line of a syntax error)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        value = json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed {what} (JSON: {e.msg} at line {e.lineno})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: malformed {what} (not UTF-8 text)") from None
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text ({e.reason}, byte 0x{data[e.start]:02x}): a malformed {what}"
+        ) from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the {what}: {e.strerror}") from None
     if object_only and not isinstance(value, dict):
