@@ -117,6 +117,9 @@ class ServingCard(_Card):
     # early-stopping rule needs at least 459 queries before a Server run can be VALID, hence quick's 500
     min_duration_s: PositiveFloat | None = None
     min_query_count: PositiveInt | None = None
+    # LoadGen's max_duration: every performance test stops there, reached or not (0: no limit, MLPerf's rule), so a
+    # slow model cannot hold a quick run for min_query_count x its latency
+    max_duration_s: float | None = Field(default=None, ge=0.0)
     # the Server bound: a run is VALID when this percentile of its latencies is at most latency_bound_ms
     latency_bound_ms: PositiveFloat | None = None
     latency_percentile: float = Field(default=0.99, gt=0.0, lt=1.0)
@@ -136,6 +139,7 @@ class ServingCard(_Card):
         "quick": dict(
             min_duration_s=2.0,
             min_query_count=500,
+            max_duration_s=60.0,
             latency_bound_ms=50.0,
             max_batch=16,
             max_delay_ms=2.0,
@@ -145,6 +149,7 @@ class ServingCard(_Card):
         "mlperf": dict(
             min_duration_s=600.0,  # mlperf.conf: *.*.min_duration = 600000
             min_query_count=100,  # LoadGen's default; early stopping sets the real floor
+            max_duration_s=0.0,
             latency_bound_ms=100.0,
             max_batch=64,
             max_delay_ms=5.0,

@@ -5,7 +5,6 @@ against the harness's accuracy, the report's serving section and the gate's serv
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -127,8 +126,8 @@ def test_bound_no_model_meets_is_reported_not_an_error(lg, use_bench_env, tmp_pa
         assert "latency bound not met" in r.loadgen_reason
         assert len(r.qps_trials) == 1  # one sample alone already exceeds the bound: one test says so
     p = _cli("gate", str(run), "--min-serving-ratio", "0.5")
-    assert p.returncode == 1, p.stdout + p.stderr
-    assert "meets the latency bound at no QPS" in p.stdout
+    assert p.exit_code == 1, p.output
+    assert "meets the latency bound at no QPS" in p.output
 
 
 def test_accuracy_mode_equals_harness_accuracy(lg, use_bench_env, tmp_path):
@@ -164,6 +163,11 @@ def test_accuracy_mode_equals_harness_accuracy(lg, use_bench_env, tmp_path):
         logged = json.loads((logs / "mlperf_log_accuracy.json").read_text())
         assert sorted(e["qsl_idx"] for e in logged) == list(range(48))  # every sample exactly once
         assert len((logs / "predictions.csv").read_text().splitlines()) == 48
+    from dde_bench.report.render import render_report
+
+    render_report([run], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md.count("(= harness)") == 9 and "differs from the harness" not in md
 
 
 def test_report_has_serving_section(served, tmp_path):
@@ -179,11 +183,11 @@ def test_report_has_serving_section(served, tmp_path):
 
 def test_gate_serving_ratio(served):
     p = _cli("gate", str(served), "--min-serving-ratio", "0.01", "--format", "json")
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.exit_code == 0, p.output
     checks = json.loads(p.stdout)["checks"]
     assert [c["check"] for c in checks] == ["serving ratio"] and checks[0]["model"] == "rt-student@cached"
     p = _cli("gate", str(served), "--min-serving-ratio", "1000")
-    assert p.returncode == 1 and "< 1000x" in p.stdout
+    assert p.exit_code == 1 and "< 1000x" in p.output
 
 
 def test_missing_loadgen_is_one_user_error(use_bench_env, tmp_path, monkeypatch):
@@ -205,6 +209,9 @@ def test_serving_card_defaults_and_errors():
 
 
 def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "dde_bench.cli", *args], capture_output=True, text=True, timeout=120
-    )
+    """``dde-bench ARGS`` in this process (exit code and stdout)."""
+    from typer.testing import CliRunner
+
+    from dde_bench.cli import app
+
+    return CliRunner().invoke(app, list(args))

@@ -83,8 +83,8 @@ COLUMNS = (
     "qps_search",  # server: converged | budget spent | trial cap | bound not met
     "qps_search_s",  # wall time of the search
     "qps_trials",  # server: every test of the search [{target_qps, achieved_qps, p50..p999 ms, result, ...}]
-    "serving_ratio_vs_teacher",  # server: max QPS / teacher's; offline: samples/s / teacher's; single-stream:
-    # teacher's p90 / this p90
+    # this scenario's metric over the teacher's: server max QPS, offline samples/s, single-stream teacher p90 / this
+    "serving_ratio_vs_teacher",
     "serving_flop_ratio",  # teacher FLOPs per item / this form's
     "batcher_max_batch",
     "batcher_max_delay_ms",
@@ -94,6 +94,8 @@ COLUMNS = (
     "serving_accuracy",  # LoadGen accuracy mode: its logged responses scored with the official metric
     "serving_accuracy_matches",  # ... equal to the harness's accuracy of the same model
     "loadgen_log_dir",  # RUN-relative folder of the row's LoadGen logs (summary, detail, accuracy)
+    "serving_profile",  # quick | mlperf: where the suite's serving block left a setting unset
+    "qps_search_budget_s",
 )
 
 RAW_SAMPLES_KEY = "latency_samples_ms"  # in results.jsonl only

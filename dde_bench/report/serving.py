@@ -112,8 +112,8 @@ def scenario_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
         sub = sel[sel["scenario"] == scenario]
         for m in palette.order(set(sub["model"])):
             r = sub[sub["model"] == m].iloc[0]
-            acc = r.get("serving_accuracy")
-            match = r.get("serving_accuracy_matches")
+            acc, match = r.get("serving_accuracy"), r.get("serving_accuracy_matches")
+            same = NA if is_missing(match) else ("= harness" if bool(match) else "differs from the harness")
             recs.append(
                 {
                     "scenario": scenario,
@@ -126,9 +126,7 @@ def scenario_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
                     "p99 ms": sig(r.get("serving_p99_ms")),
                     "p99.9 ms": sig(r.get("serving_p999_ms")),
                     "batch (max / mean)": f"{sig(r.get('batcher_max_batch'))} / {sig(r.get('batcher_mean_batch'))}",
-                    "accuracy mode": NA
-                    if is_missing(acc)
-                    else f"{pct(acc)} ({'= harness' if match is True else 'differs from the harness'})",
+                    "accuracy mode": NA if is_missing(acc) else f"{pct(acc)} ({same})",
                     "reason if INVALID": ""
                     if is_missing(r.get("loadgen_reason"))
                     else str(r["loadgen_reason"]),

@@ -67,6 +67,9 @@ LOADGEN_NAMES = {"single-stream": "SingleStream", "server": "Server", "offline":
 PERFORMANCE_SAMPLES = 1024  # samples LoadGen keeps loaded in performance mode (MLPerf's ResNet-50 count)
 SINGLE_STREAM_PERCENTILE = 0.9  # MLPerf's single-stream metric (mlperf.conf: *.SingleStream 90)
 MAX_TRIALS = 12  # the Server search's trial cap
+CALIBRATION_BATCH = (
+    8  # the capacity hint is timed at most at this batch (paper-size calls on CPU take seconds)
+)
 PAPER_SAMPLES = 16  # speed-only paper-size models: the random samples ImageFeatures caches (two seeds of 8)
 CACHED = "cached"
 
@@ -90,6 +93,7 @@ class ServingSettings:
     profile: str
     min_duration_s: float
     min_query_count: int
+    max_duration_s: float
     latency_bound_ms: float
     latency_percentile: float
     max_batch: int
@@ -421,15 +425,16 @@ class Session:
 
     @torch.inference_mode()
     def calibrate(self, batch: int) -> tuple[float, float, float]:
-        """(seconds of one sample alone, samples/s at ``batch``, FLOPs per sample) from a short timing."""
-        n = min(batch, self.qsl.count)
+        """(seconds of one sample alone, samples/s at ``batch`` (at most CALIBRATION_BATCH), FLOPs per sample)
+        from a short timing: the starting hints of LoadGen's tests and of the Server search."""
+        n = min(batch, CALIBRATION_BATCH, self.qsl.count)
         idx = list(range(n))
         self.qsl.load(idx)
         try:
             if self.qsl.error is not None:
                 raise self.qsl.error
             one, full = self.qsl.batch(idx[:1]), self.qsl.batch(idx)
-            rule = dict(warmup_iters=2, warmup_s=0.0, min_iters=3, min_time_s=0.1, max_time_s=10.0)
+            rule = dict(warmup_iters=1, warmup_s=0.0, min_iters=3, min_time_s=0.1, max_time_s=10.0)
             dev = self.ctx.device
             single = timing.measure(lambda: self.forward(one), device=dev, **rule).median_s
             per_batch = timing.measure(lambda: self.forward(full), device=dev, **rule).median_s
@@ -465,6 +470,11 @@ class Session:
                 raise err
         _tidy(out, mode)
         return result_of(self.scenario, mode, out, wall, self.sut.mean_batch)
+
+
+def _cap(limit_ms: int, ms: int) -> int:
+    """The tighter of two LoadGen max_duration values (0 = no limit)."""
+    return min(limit_ms, ms) if limit_ms else ms
 
 
 def _tidy(out: Path, mode: str) -> None:
@@ -555,13 +565,16 @@ class LoadGenScenario:
                 batcher_max_delay_ms=self.batcher(s)[1] * 1e3,
                 loadgen_min_duration_s=s.min_duration_s,
                 loadgen_min_query_count=s.min_query_count,
+                serving_profile=s.profile,
                 latency_percentile=s.latency_percentile
                 if self.name == "server"
                 else SINGLE_STREAM_PERCENTILE,
             )
             if self.name == "server":
                 best, extra = self.search(session, s, single_s, capacity)
-                row.update(latency_bound_ms=s.latency_bound_ms, **extra)
+                row.update(
+                    latency_bound_ms=s.latency_bound_ms, qps_search_budget_s=s.qps_search_budget_s, **extra
+                )
             else:
                 best = self.steady(session, s, single_s, capacity)
             row.update(best.columns(ctx.plan.run_dir))
@@ -571,7 +584,7 @@ class LoadGenScenario:
             session.close()
         row["note"] = (row["note"] + "; " if row["note"] else "") + (
             f"LoadGen {self.name}, {s.profile} settings; calibrated {single_s * 1e3:.3g} ms per sample alone, "
-            f"{capacity:.4g} samples/s at batch {batch}; {time.perf_counter() - t0:.0f} s in all"
+            f"{capacity:.4g} samples/s at batch {min(batch, CALIBRATION_BATCH)}; {time.perf_counter() - t0:.0f} s in all"
         )
         if cached:
             row.update(ctx.features.cost(e, dtype))
@@ -579,7 +592,11 @@ class LoadGenScenario:
         return [(row, None)]
 
     def base_settings(self, s: ServingSettings) -> dict[str, Any]:
-        return dict(min_duration_ms=int(s.min_duration_s * 1e3), min_query_count=s.min_query_count)
+        return dict(
+            min_duration_ms=int(s.min_duration_s * 1e3),
+            min_query_count=s.min_query_count,
+            max_duration_ms=int(s.max_duration_s * 1e3),
+        )
 
     def steady(self, session: Session, s: ServingSettings, single_s: float, capacity: float) -> TestResult:
         """Single-stream or Offline: one test with LoadGen's hint from the calibration (expected latency /
@@ -626,7 +643,9 @@ class LoadGenScenario:
                 server_target_qps=q,
                 server_target_latency_ns=int(s.latency_bound_ms * 1e6),
                 server_target_latency_percentile=s.latency_percentile,
-                max_duration_ms=max(int(left * 1e3), settings["min_duration_ms"]),
+                max_duration_ms=_cap(
+                    settings["max_duration_ms"], max(int(left * 1e3), settings["min_duration_ms"])
+                ),
             )
             r = session.test(f"qps-{i + 1:02d}-{q:.4g}", "performance", self.batcher(s), **settings)
             r.target_qps = q
