@@ -25,13 +25,15 @@ The pieces, as LoadGen names them:
 
 What a row holds: LoadGen's verdict (``loadgen_result`` VALID / INVALID and its reasons), target and achieved QPS,
 LoadGen's p50 / p90 / p99 / p99.9 latency, the batcher's settings and the batch size it formed. Single-stream and
-Offline tests whose run LoadGen finds too short (its expected latency / QPS hint was off) are repeated once with
-the hint corrected. **Server** is a search for the highest offered QPS that LoadGen judges VALID at the bound
-(``max_qps_at_bound``), like an MLPerf submission's: start at half the capacity a short timing predicts, double
-until INVALID, halve until VALID, then bisect (geometrically) until the lowest INVALID and highest VALID QPS are
-within ``qps_precision``, or the budget or the trial cap ends it (``qps_search``). A form that is VALID at no
-offered QPS is a row with ``qps_search`` "bound not met" and ``max_qps_at_bound`` None, not an error. Each trial
-is kept in ``qps_trials``; the row's own percentiles are those of the test at ``max_qps_at_bound``.
+Offline tests whose run LoadGen finds too short (its expected latency / QPS hint was off) are repeated, at most
+twice, with twice the rate LoadGen measured as the hint. **Server** is a search for the highest offered QPS that
+LoadGen judges VALID at the bound (``max_qps_at_bound``), like an MLPerf submission's: start at half the capacity a
+short timing predicts, double until INVALID, halve until VALID (down to 1/64 of that capacity), then bisect
+(geometrically) until the lowest INVALID and highest VALID QPS are within ``qps_precision``, or the budget or the
+trial cap ends it (``qps_search``); a form whose single sample already takes longer than the bound gets one test,
+at half its single-sample rate. A form that is VALID at no offered QPS is a row with ``qps_search`` "bound not met"
+and ``max_qps_at_bound`` None, not an error. Each trial is kept in ``qps_trials``; the row's own percentiles are
+those of the test at ``max_qps_at_bound`` (else of the lowest offered QPS).
 
 **Accuracy mode** (models with trained weights): LoadGen sends every sample once; the logits it logged are scored
 with the official metric (:func:`dde_bench.evaluation.evaluate`) and must equal the harness's accuracy of the same
