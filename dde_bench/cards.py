@@ -108,6 +108,69 @@ class DataCard(_Card):
         return not (self.data_dir or self.source == "dir")
 
 
+class ServingCard(_Card):
+    """The MLPerf LoadGen scenarios' settings (single-stream, server, offline; dde_bench.bench.scenarios.serving).
+
+    A field left unset takes its profile's value from :attr:`PROFILES`: ``quick`` (seconds per test; CPU runs and
+    ``--quick``) or ``mlperf`` (MLPerf Inference's rules: 10-minute tests; CUDA runs). ``profile: auto`` picks
+    mlperf on CUDA without --quick, else quick."""
+
+    profile: Literal["auto", "quick", "mlperf"] = "auto"
+    # LoadGen's min_duration and min_query_count of every performance test (both must be reached). At p99 LoadGen's
+    # early-stopping rule needs at least 459 queries before a Server run can be VALID, hence quick's 500
+    min_duration_s: PositiveFloat | None = None
+    min_query_count: PositiveInt | None = None
+    # LoadGen's max_duration: every performance test stops there, reached or not (0: no limit, MLPerf's rule), so a
+    # slow model cannot hold a quick run for min_query_count x its latency
+    max_duration_s: float | None = Field(default=None, ge=0.0)
+    # the Server bound: a run is VALID when this percentile of its latencies is at most latency_bound_ms
+    latency_bound_ms: PositiveFloat | None = None
+    latency_percentile: float = Field(default=0.99, gt=0.0, lt=1.0)
+    # Server's dynamic batcher: at most max_batch samples per call, waiting at most max_delay_ms for the batch to fill
+    max_batch: PositiveInt | None = None
+    max_delay_ms: float | None = Field(default=None, ge=0.0)
+    offline_batch: PositiveInt | None = None  # Offline: samples per call
+    # the max-QPS search (per model and form): its wall-time budget, and the ratio of the lowest INVALID to the
+    # highest VALID offered QPS at which it stops
+    qps_search_budget_s: PositiveFloat | None = None
+    qps_precision: PositiveFloat = 0.1
+    accuracy: bool = (
+        True  # also run LoadGen's accuracy mode for models with trained weights (every sample once)
+    )
+
+    PROFILES: ClassVar[dict[str, dict[str, float | int]]] = {
+        "quick": dict(
+            min_duration_s=2.0,
+            min_query_count=500,
+            max_duration_s=60.0,
+            latency_bound_ms=50.0,
+            max_batch=16,
+            max_delay_ms=2.0,
+            offline_batch=32,
+            qps_search_budget_s=60.0,
+        ),
+        "mlperf": dict(
+            min_duration_s=600.0,  # mlperf.conf: *.*.min_duration = 600000
+            min_query_count=100,  # LoadGen's default; early stopping sets the real floor
+            max_duration_s=0.0,
+            latency_bound_ms=100.0,
+            max_batch=64,
+            max_delay_ms=5.0,
+            offline_batch=64,
+            qps_search_budget_s=7200.0,
+        ),
+    }
+    _kind: ClassVar[str] = "serving block"
+
+    def resolved(self, default_profile: str) -> dict[str, Any]:
+        """Every setting with its value: the card's where given, else the profile's (``default_profile`` when
+        ``profile`` is auto). ``profile`` names the profile used."""
+        profile = default_profile if self.profile == "auto" else self.profile
+        out: dict[str, Any] = self.model_dump()
+        out.update({k: v for k, v in self.PROFILES[profile].items() if out[k] is None}, profile=profile)
+        return out
+
+
 class SuiteCard(_Card):
     """One suite: a task, its data, the models compared and what is measured."""
 
@@ -128,6 +191,9 @@ class SuiteCard(_Card):
     # paper-size speed rows: random inputs of this [height, width] (multiples of 32); default: the shape ViLT's
     # processor gives the task's real images (tasks.PAPER_IMAGE, where the choice is explained)
     paper_image: list[PositiveInt] | None = None
+    # the LoadGen scenarios (single-stream, server, offline): test length, Server's latency bound, the dynamic
+    # batcher and the max-QPS search; unset fields take the quick or MLPerf-like profile's value (ServingCard)
+    serving: ServingCard = Field(default_factory=ServingCard)
 
     _kind: ClassVar[str] = "suite"
 

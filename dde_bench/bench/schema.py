@@ -68,6 +68,36 @@ COLUMNS = (
     "cache_build_s",
     "cache_bytes_per_image",
     "timestamp",
+    # LoadGen scenarios (single-stream | server | offline; bench/scenarios/serving.py). A student's cached form is
+    # the row MODEL@cached; batch_size is the most samples per call (server: the batcher's max batch)
+    "serving_form",  # online (the full call; a teacher's only form) | cached (image features precomputed)
+    "target_qps",  # server: the offered (Poisson) QPS of the row's test; offline: LoadGen's expected QPS
+    "achieved_qps",  # server: completed samples/s; offline: samples/s; single-stream: QPS with LoadGen overhead
+    "serving_p50_ms",  # LoadGen's per-sample latency percentiles of the row's test, milliseconds
+    "serving_p90_ms",
+    "serving_p99_ms",
+    "serving_p999_ms",
+    "latency_bound_ms",  # server: the bound on the latency_percentile's latency
+    "latency_percentile",
+    "loadgen_result",  # LoadGen's verdict: VALID | INVALID
+    "loadgen_reason",  # why INVALID (LoadGen's own recommendation and early-stopping lines), else ""
+    "max_qps_at_bound",  # server: the highest offered QPS LoadGen judged VALID; None when none was
+    "qps_search",  # server: converged | budget spent | trial cap | bound not met
+    "qps_search_s",  # wall time of the search
+    "qps_trials",  # server: every test of the search [{target_qps, achieved_qps, p50..p999 ms, result, ...}]
+    # this scenario's metric over the teacher's: server max QPS, offline samples/s, single-stream teacher p90 / this
+    "serving_ratio_vs_teacher",
+    "serving_flop_ratio",  # teacher FLOPs per item / this form's
+    "batcher_max_batch",
+    "batcher_max_delay_ms",
+    "batcher_mean_batch",  # samples per call the batcher formed in the row's test
+    "loadgen_min_duration_s",
+    "loadgen_min_query_count",
+    "serving_accuracy",  # LoadGen accuracy mode: its logged responses scored with the official metric
+    "serving_accuracy_matches",  # ... equal to the harness's accuracy of the same model
+    "loadgen_log_dir",  # RUN-relative folder of the row's LoadGen logs (summary, detail, accuracy)
+    "serving_profile",  # quick | mlperf: where the suite's serving block left a setting unset
+    "qps_search_budget_s",
 )
 
 RAW_SAMPLES_KEY = "latency_samples_ms"  # in results.jsonl only

@@ -92,6 +92,12 @@ def gate_cmd(
     max_accuracy_drop: str = typer.Option("1%", help="accuracy the student may lose vs its teacher, e.g. 1%"),
     scenario: str = typer.Option("cached", help="scenario whose student rows are gated"),
     model: list[str] | None = typer.Option(None, "--model", help="gate only these students (repeatable)"),
+    min_serving_ratio: float | None = typer.Option(
+        None,
+        "--min-serving-ratio",
+        help="serving: lowest allowed ratio of each cached student's max Server QPS at the latency bound to its "
+        "teacher's (the run's server rows); a run with server rows only skips the speedup checks",
+    ),
     fmt: str = typer.Option("text", "--format", help="text | markdown | json"),
     against: str | None = typer.Option(
         None,
@@ -129,18 +135,24 @@ def gate_cmd(
         raise UserError("gate: give a RUN folder (in-run checks), --against REV (A/B speed gate), or both")
     code = 0
     if run is not None:
-        from dde_bench.report.compare import gate_run
+        from dde_bench.report.compare import GateResult, gate_run
+        from dde_bench.report.serving import gate_serving, has_rows
 
         if not math.isfinite(min_speedup) or min_speedup <= 0:
             raise UserError(f"--min-speedup: expected a positive number, got {min_speedup}")
-        result = gate_run(
-            run,
-            min_speedup=min_speedup,
-            max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop", high=1.0),
-            scenario=scenario,
-            models=list(model) if model else None,
-            on=on,
-        )
+        checks = []
+        if min_serving_ratio is None or has_rows(run, scenario):
+            checks += gate_run(
+                run,
+                min_speedup=min_speedup,
+                max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop", high=1.0),
+                scenario=scenario,
+                models=list(model) if model else None,
+                on=on,
+            ).checks
+        if min_serving_ratio is not None:
+            checks += gate_serving(run, min_serving_ratio, list(model) if model else None).checks
+        result = GateResult(Path(run), checks)
         text = {"text": result.to_text, "markdown": result.to_markdown, "json": result.to_json}[fmt]()
         typer.echo(text.rstrip("\n"))
         code = max(code, result.exit_code)

@@ -205,6 +205,8 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
                     ),
                     _table(fp),
                 ]
+            stem = f"{rlabel}-{suite}-{device}-{dtype}" if len(runs) > 1 else f"{suite}-{device}-{dtype}"
+            blocks += _serving_section(rows, palette, f"{suite}, {device}, {dtype}", out_dir, _slug(stem))
             blocks.append(_heading(3, "Plots"))
             ptitle = f"{suite}, {device}, {dtype}"
             prefix = _slug(
@@ -233,3 +235,50 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
     out = out_dir / "report.html"
     out.write_text(page, encoding="utf-8")
     return out
+
+
+# ---------------------------------------------------------------- serving under load (LoadGen scenarios)
+
+
+def _serving_section(
+    rows: pd.DataFrame, palette: Palette, title: str, out_dir: Path, stem: str
+) -> list[_Block]:
+    """The LoadGen rows of one group: the max-QPS-at-bound table, every test's verdict, latency against offered
+    QPS (dde_bench.report.serving); nothing when the group has no such rows."""
+    from dde_bench.report import serving
+
+    if serving.serving_rows(rows).empty:
+        return []
+    blocks = [
+        _heading(3, "Serving under load (MLPerf LoadGen)"),
+        _para(
+            "Each model form served through MLPerf LoadGen with a dynamic batcher (single-stream: one query at a "
+            "time; server: Poisson arrivals; offline: every sample at once). 'max QPS at bound' = the highest "
+            "offered QPS LoadGen judged VALID at the latency bound (its early-stopping rule included), found by a "
+            "search within a time budget; 'vs teacher' = that QPS over the teacher's, beside the FLOP ratio "
+            f"(teacher FLOPs / this form's); the goal asks the cached student for at least "
+            f"{serving.GOAL_SHARE:g} x FLOP ratio."
+        ),
+    ]
+    mq = serving.max_qps_table(rows, palette)
+    if not mq.empty:
+        blocks.append(_table(mq))
+    blocks += [
+        _para("Every LoadGen test the rows report, with LoadGen's verdict:"),
+        _table(serving.scenario_table(rows, palette)),
+    ]
+    caption = "Serving: latency percentiles against offered QPS (one panel per model size)"
+    fig = serving.plot_serving(rows, palette, title)
+    if isinstance(fig, str):
+        note = f"Plot '{caption}' skipped: {fig}."
+        return blocks + [_Block(f"> {note}", f'<p class="note">{html.escape(note)}</p>')]
+    png, svg, b64 = _save_plot(fig, out_dir / "plots", f"{stem}-serving")
+    rel_png, rel_svg = png.relative_to(out_dir).as_posix(), svg.relative_to(out_dir).as_posix()
+    blocks.append(
+        _Block(
+            f"![{caption}]({rel_png})\n\n*{caption}* ([SVG]({rel_svg}))",
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>",
+        )
+    )
+    return blocks
