@@ -449,9 +449,17 @@ def argv_compile(ctx: Context) -> list[str]:
                 "--out", _out(ctx, "run-compile"))  # fmt: skip
 
 
+SERVING_SUITE = """\
+# gpu-check: the serving step's suite, kept small to fit its budget (short LoadGen tests, a short QPS search)
+name: nlvr2-serving-check
+task: nlvr2
+serving: {min_duration_s: 0.5, max_duration_s: 2.0, qps_search_budget_s: 4}
+"""
+
+
 def argv_serving(ctx: Context) -> list[str]:
-    return _cli(ctx, "run", "--suite", "nlvr2", "--device", "cuda", "--models", "tiny-teacher-random,tiny-student-random",
-                "--scenarios", "serving", "--quick", "--no-report", "--out", _out(ctx, "run-serving"))  # fmt: skip
+    return _cli(ctx, "run", "--suite", _out(ctx, "serving-suite.yaml"), "--device", "cuda", "--models", "tiny-teacher-random,tiny-student-random",
+                "--scenarios", "server,offline", "--quick", "--no-report", "--out", _out(ctx, "run-serving"))  # fmt: skip
 
 
 def argv_nccl(ctx: Context) -> list[str]:
@@ -570,6 +578,7 @@ def step_serving(ctx: Context) -> str:
     helptext = run_command(ctx, "serving", _cli(ctx, "run", "--help"), timeout=60)
     if "serving" not in helptext:
         raise Skip("`dde-bench run --help` lists no serving scenario yet")
+    (ctx.out / "serving-suite.yaml").write_text(SERVING_SUITE)
     return _rows_step(ctx, "serving", argv_serving(ctx), "run-serving")
 
 
@@ -602,8 +611,8 @@ STEPS: tuple[Step, ...] = (
     Step("pytest-cuda", 90, "the CUDA tests: real properties of timing, memory, energy, dtypes, speed", step_pytest, _shows(argv_pytest)),
     Step("profile", 45, "torch.profiler CUDA trace + allocator snapshot of the b32 student (cached)", step_profile, _shows(argv_profile)),
     Step("compile", 60, "torch.compile (inductor) rows on CUDA, checked against the plain path", step_compile, _shows(argv_compile)),
-    Step("serving", 30, "the serving scenario, if `dde-bench run --help` lists it", step_serving, _shows(argv_serving)),
-    Step("nccl", 30, "2-process nccl all_reduce + broadcast (only with 2+ GPUs)", step_nccl, _shows(argv_nccl)),
+    Step("serving", 45, "LoadGen server + offline (tiny random models, short tests), if `dde-bench run --help` lists them", step_serving, _shows(argv_serving)),
+    Step("nccl", 15, "2-process nccl all_reduce + broadcast (only with 2+ GPUs)", step_nccl, _shows(argv_nccl)),
     Step("run-nlvr2", 180, "quick run: train tiny models on CUDA, teacher + students online/cached/gallery x fp32/bf16/fp16", step_run, _shows(argv_run)),
 )  # fmt: skip
 assert sum(s.budget_s for s in STEPS) <= TOTAL_BUDGET_S

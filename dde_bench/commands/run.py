@@ -41,7 +41,11 @@ def run_cmd(
     batch_sizes: str = typer.Option(
         None, "--batch-sizes", help="comma-separated batch sizes (default: the suite's)"
     ),
-    scenarios: str = typer.Option(None, help="comma-separated: online, cached, gallery (default: all)"),
+    scenarios: str = typer.Option(
+        None,
+        help="comma-separated: online, cached, gallery, and the LoadGen serving scenarios single-stream, server, "
+        "offline (serving = all three); default: the suite's list",
+    ),
     dtype: str = typer.Option(None, "--dtype", help="comma-separated: fp32, bf16, fp16 (fp16 on CUDA only)"),
     gallery_sizes: str = typer.Option(None, "--gallery-sizes", help="comma-separated gallery sizes N"),
     out: Path = typer.Option(
