@@ -51,7 +51,7 @@ def _latency_ms(model: str, scenario: str, batch: int) -> tuple[float, dict[str,
         t = joint * 1.35
         return t, {"joint": t}
     image = 2 * (0.5 + 1.35 * batch) * scale
-    text = (0.4 + 0.45 * batch) * scale / (1.3 if scale > 1 else 1.0)  # paper size: above its FLOP ratio
+    text = (0.4 + 0.45 * batch) * scale / (1.5 if scale > 1 else 1.0)  # paper size: above its FLOP ratio
     fusion = 0.05 + 0.05 * batch
     if scenario == "online":
         return image + text + fusion, {"image_tower": image, "text_tower": text, "fusion_head": fusion}

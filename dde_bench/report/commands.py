@@ -83,6 +83,9 @@ def gate_cmd(
     max_accuracy_drop: str = typer.Option("1%", help="accuracy the student may lose vs its teacher, e.g. 1%"),
     scenario: str = typer.Option("cached", help="scenario whose student rows are gated"),
     model: list[str] | None = typer.Option(None, "--model", help="gate only these students (repeatable)"),
+    batch_size: list[int] | None = typer.Option(
+        None, "--batch-size", help="gate only the rows of these batch sizes (repeatable)"
+    ),
     fmt: str = typer.Option("text", "--format", help="text | markdown | json"),
     against: str | None = typer.Option(
         None,
@@ -129,6 +132,7 @@ def gate_cmd(
             scenario=scenario,
             models=list(model) if model else None,
             on=on,
+            batch_sizes=list(batch_size) if batch_size else None,
         )
         text = {"text": result.to_text, "markdown": result.to_markdown, "json": result.to_json}[fmt]()
         typer.echo(text.rstrip("\n"))
