@@ -226,3 +226,13 @@ def test_gate_wording_and_batch_size_filter(tmp_path: Path) -> None:
     assert out.exit_code == 0 and "2/2 checks passed" in out.output
     with pytest.raises(UserError, match=r"--batch-size 4: no cached student rows at that batch size"):
         gate_run(run, batch_sizes=[4])
+
+
+def test_sample_size_rule() -> None:
+    from dde_bench.bench.stats import min_calls_for, supports
+
+    assert [min_calls_for(s) for s in ("p50", "iqr", "p90", "p99", "interval")] == [1, 10, 10, 100, 10]
+    assert supports("p99", 100) and not supports("p99", 99) and not supports("interval", 9)
+    assert not supports("p90", None) and not supports("p90", float("nan"))
+    with pytest.raises(ValueError):
+        min_calls_for("p101x")

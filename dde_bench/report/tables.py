@@ -419,6 +419,7 @@ def flop_ratio_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
                 "batch": str(int(r["batch_size"])),
                 "speedup": speedup_ci(sp, r["speedup_ci_low"], r["speedup_ci_high"], r["n_samples"]),
                 FLOP_RATIO_LABEL: fixed(ratio, 1, "x"),
+                "evidence": _above_evidence(r, ratio),
                 "GFLOP/s model": sig(rate(r)),
                 "GFLOP/s teacher": sig(rate(t)),
                 "working set MB model (weights + activations)": working_set(r),
@@ -426,6 +427,15 @@ def flop_ratio_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
             }
         )
     return pd.DataFrame.from_records(recs)
+
+
+def _above_evidence(r: pd.Series, ratio: float) -> str:
+    """How sure 'above the FLOP ratio' is: the whole interval above it, or only the median."""
+    if not supports("interval", num(r["n_samples"])) or is_missing(r["speedup_ci_low"]):
+        return f"median only ({sample_note(r['n_samples'], 'rounds')}: too few for an interval)"
+    if num(r["speedup_ci_low"]) > ratio:
+        return "the whole 95% interval is above it"
+    return "the median is above it, the 95% interval includes it"
 
 
 ENV_KEYS = (
