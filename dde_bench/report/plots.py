@@ -97,7 +97,7 @@ def _plain_log_ticks(ax: Axes, which: str = "y") -> None:
     axis = ax.yaxis if which == "y" else ax.xaxis
     lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    few_decades = hi / max(lo, 1e-12) < 30
+    few_decades = hi / max(lo, 1e-12) < 100
     axis.set_minor_formatter(
         FuncFormatter(lambda v, _: f"{v:g}" if few_decades and f"{v:g}".lstrip("0.")[:1] in "25" else "")
     )
@@ -315,8 +315,8 @@ def plot_latency(
     fig, axes = plt.subplots(
         len(sizes), len(scen), figsize=(5.8 * len(scen), 3.9 * len(sizes)), squeeze=False
     )
-    dots = ticks = False
     for row_axes, z in zip(axes, sizes, strict=True):
+        dots = ticks = False
         hz = [(r, smp) for r, smp in have if sizes_of.get(r["model"], "") == z]
         batches = sorted({int(r["batch_size"]) for r, _ in hz})
         models = palette.order({r["model"] for r, _ in hz})
@@ -597,19 +597,22 @@ def _cumulative_cost(ax: Axes, be: pd.DataFrame, palette: Palette) -> None:
     n = int(be["gallery_size"].max())
     sel = be[be["gallery_size"] == n]
     finite = sel["break_even_queries"][np.isfinite(sel["break_even_queries"])]
-    q_max = max(10.0, 3 * float(finite.max())) if len(finite) else 10.0
-    q = np.linspace(0, q_max, 200)
+    # log-log, from well before the break-even to well after it: where they cross and how far apart they end
+    q_lo = min(1.0, float(finite.min()) / 3) if len(finite) else 1.0
+    q_hi = max(1000.0, 30 * float(finite.max())) if len(finite) else 1000.0
+    q = np.logspace(np.log10(q_lo), np.log10(q_hi), 200)
     teacher = str(sel["teacher"].iloc[0])
     t_s = float(sel["teacher_ms"].iloc[0]) / 1e3
     ax.plot(q, q * t_s, color=palette.color(teacher), lw=2, label=f"{teacher}: queries only")
     for _, r in sel.iterrows():
         m = r["model"]
         build, s_s = r["cache_build_ms"] / 1e3, r["student_ms"] / 1e3
+        style = palette.style(m)["linestyle"]
         ax.plot(
             q,
             build + q * s_s,
             color=palette.color(m),
-            linestyle=palette.style(m)["linestyle"],
+            linestyle=style,
             lw=1.6,
             label=f"{m}: cache build + queries",
         )
@@ -619,13 +622,21 @@ def _cumulative_cost(ax: Axes, be: pd.DataFrame, palette: Palette) -> None:
     if len(finite):
         lo, hi = float(finite.min()), float(finite.max())
         span = f"{lo:.2g}" if abs(hi - lo) < 0.05 * hi else f"{lo:.2g}-{hi:.2g}"
+        when = " (within the first query)" if hi < 1 else ""
         ax.text(
-            0.98, 0.04, f"break-even after {span} queries", transform=ax.transAxes, ha="right", fontsize=8
+            0.98,
+            0.04,
+            f"break-even (dots) after {span} queries{when}",
+            transform=ax.transAxes,
+            ha="right",
+            fontsize=8,
         )
-    ax.set_xlim(0, q_max)
-    ax.set_ylim(0, None)
-    ax.set_xlabel("text queries answered")
-    ax.set_ylabel("cumulative time (s)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log_ticks(ax, "x")
+    _plain_log_ticks(ax, "y")
+    ax.set_xlabel("text queries answered (log)")
+    ax.set_ylabel("cumulative time (s, log)")
     ax.set_title(f"cumulative cost at gallery size {n}")
     ax.legend(fontsize=7, frameon=False, loc="upper left")
 
