@@ -236,3 +236,17 @@ def test_sample_size_rule() -> None:
     assert not supports("p90", None) and not supports("p90", float("nan"))
     with pytest.raises(ValueError):
         min_calls_for("p101x")
+
+
+def test_report_of_rows_without_memory(tmp_path: Path) -> None:
+    """Rows that measured no memory at all (e.g. the A/B gate's probe runs) still render: memory reads n/a."""
+    run = make_run(tmp_path / "r", models=("tiny-teacher", "tiny-student"))
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["scenario"] == "cached" and r["batch_size"] == 8]
+    for r in rows:
+        for k in ("peak_mem_mb", "weights_mb", "activation_peak_mb", "tensor_peak_mb"):
+            r[k] = None
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    render_report([run], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "peak memory n/a" in md and "skipped: no memory measured" in md

@@ -210,11 +210,11 @@ def _memory_sentence(rows: pd.DataFrame, student: str, teacher: str) -> str:
     lighter or heavier, whichever it is (online the student holds two towers' weights)."""
     ok = _ok(rows)
     t = ok[(ok["model"] == teacher) & (ok["scenario"].isin(["online", "cached"]))]
-    t = t[t["peak_mem_mb"].map(lambda v: not is_missing(v))]
+    t = t.loc[t["peak_mem_mb"].map(lambda v: not is_missing(v)).astype(bool)]  # .loc: an empty mask stays a mask
     parts = []
     for scenario in ("cached", "online"):
         s = ok[(ok["model"] == student) & (ok["scenario"] == scenario)]
-        s = s[s["peak_mem_mb"].map(lambda v: not is_missing(v))]
+        s = s.loc[s["peak_mem_mb"].map(lambda v: not is_missing(v)).astype(bool)]
         common = sorted(set(s["batch_size"]) & set(t["batch_size"]))
         if not common:
             continue
@@ -266,6 +266,8 @@ def paper_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
                 rec[col] = "1.0x (reference)"
             elif b is None:
                 rec[col] = NA
+            elif not ((rows["model"] == m) & (rows["scenario"] == scenario)).any():
+                rec[col] = "not run"  # e.g. the transformers reference runs online only
             else:
                 rec[col] = _fmt_speedup(speedup_for(rows, m, scenario, b))
         recs.append(rec)
