@@ -210,7 +210,9 @@ def _memory_sentence(rows: pd.DataFrame, student: str, teacher: str) -> str:
     lighter or heavier, whichever it is (online the student holds two towers' weights)."""
     ok = _ok(rows)
     t = ok[(ok["model"] == teacher) & (ok["scenario"].isin(["online", "cached"]))]
-    t = t.loc[t["peak_mem_mb"].map(lambda v: not is_missing(v)).astype(bool)]  # .loc: an empty mask stays a mask
+    t = t.loc[
+        t["peak_mem_mb"].map(lambda v: not is_missing(v)).astype(bool)
+    ]  # .loc: an empty mask stays a mask
     parts = []
     for scenario in ("cached", "online"):
         s = ok[(ok["model"] == student) & (ok["scenario"] == scenario)]
