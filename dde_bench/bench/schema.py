@@ -1,10 +1,15 @@
-"""The results schema shared by the harness (writer) and the reports, compare and gate (readers).
+"""The results schema shared by the harness (writer) and the reports, compare, gate and the results API (readers).
 
 A run folder holds:
-  run.json        the run's settings and environment (versions, device, driver, CPU, threads, git commit, seed)
+  run.json        the run's settings (``settings``: the resolved options, suite and model cards, timing rule,
+                  threads, seed) and environment (``environment``: versions, device, driver, CPU, threads, git
+                  commit), with ``schema_version`` and ``created``
   results.jsonl   one JSON object per measurement, appended as measured (raw latency samples included)
-  results.csv     the same rows without the raw samples, rewritten after every row
-Rows are matched across runs by MATCH_KEYS. Bump SCHEMA_VERSION on any incompatible change.
+  results.csv     the same rows without the raw samples, rewritten after every row (``stage_ms`` as JSON text)
+Rows are matched across runs by MATCH_KEYS. Bump SCHEMA_VERSION on any incompatible change; adding a column is
+compatible (new columns go at the end of COLUMNS). The JSON Schema of both files is
+``dde_bench/schemas/results-row.v1.schema.json`` and ``run.v1.schema.json``; ``dde_bench.load_results`` reads a
+run folder into a DataFrame (nested fields expanded, gallery rows without a batch size).
 """
 
 SCHEMA_VERSION = 1
@@ -21,20 +26,25 @@ COLUMNS = (
     "model_kind",  # teacher | student | hf-vilt
     "size",  # tiny | b32 | ...
     "scenario",  # online | cached | gallery
-    "batch_size",  # items per call (for gallery: the number of images one text is scored against)
-    "gallery_size",  # gallery scenario only, else None
+    # online / cached: items per call. Gallery rows write the gallery size here too (so MATCH_KEYS and --resume
+    # of schema 1 keep working); read gallery_size for them (dde_bench.load_results leaves their batch_size empty)
+    "batch_size",
+    "gallery_size",  # gallery scenario only: the number of images one text query is scored against; else None
     "dtype",  # fp32 | bf16 | fp16
     "device",  # cpu | cuda:0 ...
     "threads",  # torch.get_num_threads() on CPU
-    "status",  # ok | oom | error
+    "status",  # ok | oom | error | skipped (e.g. a teacher gallery query over its time budget: error says why)
     "error",
-    # accuracy on the suite's evaluation split (official metric), bootstrap 95% interval; None = not measured
+    # the model's accuracy on the suite's evaluation split (official metric), bootstrap 95% interval, copied to
+    # every row of the model; None = not measured (random weights). A row with status != ok measured no speed
     "accuracy",
     "accuracy_ci_low",
     "accuracy_ci_high",
     "accuracy_metric",  # accuracy | vqa_accuracy
     "consistency",  # NLVR2 only
-    # latency of one call (batch), milliseconds
+    # latency of one call (a batch; a gallery query), milliseconds, from n_samples timed calls. In interleaved
+    # groups every member gets the same number of calls, one per round, so n_samples is also the round count.
+    # What a sample size supports being printed: bench.stats.supports (p99 needs 100 calls, an interval 10 rounds)
     "latency_p50_ms",
     "latency_iqr_ms",
     "latency_p90_ms",
@@ -44,30 +54,41 @@ COLUMNS = (
     "throughput_per_s",  # items / total measured time
     # memory, MB (1e6 bytes)
     "peak_mem_mb",  # CUDA max_memory_allocated on GPU; on CPU the peak of live tensors (tensor_peak_mb)
+    # (weights_mb + activation_peak_mb, below, split the tensor peak; gallery rows: not measured)
     "cuda_max_reserved_mb",
     "nvml_device_used_mb",
     "nvml_process_mb",
     "rss_peak_mb",
     # energy
-    "energy_j_per_item",
+    "energy_j_per_item",  # NVML energy counter on NVIDIA GPUs; None elsewhere (energy_note says why)
     # compute
     "flops_per_item",
     "flop_utilisation",  # achieved FLOP/s over the GPU's datasheet dense peak (listed GPUs; n/a on CPU)
     "achieved_flops_per_s",  # flops_per_item x throughput
     "gemm_peak_share",  # achieved FLOP/s over this device's measured dense matmul rate (run.json gemm_peak)
-    # student rows: speedup over the suite's teacher of the same size, same scenario, batch size and dtype,
-    # measured interleaved in one process; ratio of medians with a bootstrap 95% interval, and its FLOP bound
+    # student and reference rows: speedup over their teacher (same size, scenario, batch or gallery size, dtype),
+    # measured interleaved in one process: ratio of medians with a paired bootstrap 95% interval over rounds
+    # (bench.stats.speedup); speedup_flop_bound is the FLOP ratio (teacher FLOPs / model FLOPs per item), not a
+    # bound: a measured speedup above it means the model does each FLOP faster than the teacher
     "teacher_model",
     "speedup_vs_teacher",
     "speedup_ci_low",
     "speedup_ci_high",
     "speedup_flop_bound",
-    # per-stage time of one call, milliseconds (student: image_tower, text_tower, fusion_head; teacher: joint)
+    # per-stage median time of one call, milliseconds, a JSON object (student: image_tower (online only),
+    # text_tower, fusion_head, each timed on its own; teacher and reference: joint = the whole call)
     "stage_ms",
-    # cached / gallery rows: building the image-feature cache
+    # student cached / gallery rows: building the image-feature cache (gallery: for that gallery's images)
     "cache_build_s",
     "cache_bytes_per_image",
     "timestamp",
+    # added in place (schema 1 stays readable): written by the harness, None where not measured
+    "weights_mb",  # CPU tensor peak split: weights (parameters + buffers) of the modules the call uses
+    "activation_peak_mb",  # ... and activations + temporaries at the peak
+    "tensor_peak_mb",  # the peak of live tensors during one call (weights + activations)
+    "break_even_queries",  # student gallery rows: cache build s / (teacher - student s per query); None: teacher
+    # not measured at that size, or the student not faster
+    "note",  # what the row measured, in words (e.g. paper-size input shape, store read shard by shard)
     # LoadGen scenarios (single-stream | server | offline; bench/scenarios/serving.py). A student's cached form is
     # the row MODEL@cached; batch_size is the most samples per call (server: the batcher's max batch)
     "serving_form",  # online (the full call; a teacher's only form) | cached (image features precomputed)
@@ -99,6 +120,9 @@ COLUMNS = (
     "serving_profile",  # quick | mlperf: where the suite's serving block left a setting unset
     "qps_search_budget_s",
 )
+
+# the name reports show for speedup_flop_bound (the column keeps its name)
+FLOP_RATIO_LABEL = "FLOP ratio"
 
 RAW_SAMPLES_KEY = "latency_samples_ms"  # in results.jsonl only
 

@@ -40,6 +40,9 @@ __all__ = [
     "mann_whitney",
     "wilcoxon_rounds",
     "regression_verdict",
+    "MIN_ROUNDS_FOR_INTERVAL",
+    "min_calls_for",
+    "supports",
 ]
 
 N_BOOT = 2000
@@ -395,3 +398,37 @@ def regression_verdict(
         n_new=int(n_new),
         reason=reason,
     )
+
+
+# ---------------------------------------------------------------- what a sample size supports
+#
+# The one rule for which statistics a row may print (the report follows it; the harness times enough calls for
+# what it prints). A percentile q needs at least 1 / (1 - q) calls, so that at least one call lies beyond it
+# (p90: 10 calls, p99: 100), and never fewer than 10 (the IQR: quartiles of fewer calls move with one call). A
+# bootstrap interval needs at least 10 rounds: resampling fewer gives intervals that look tighter than they are.
+# Below that, a row prints its median and how many calls were timed ("n=5 calls").
+
+MIN_CALLS_FOR_QUANTILES = 10
+MIN_ROUNDS_FOR_INTERVAL = 10
+
+
+def min_calls_for(statistic: str) -> int:
+    """Calls a statistic needs before it is printed: ``p50`` 1, ``iqr`` 10, ``pNN`` max(10, 1/(1 - NN/100)),
+    ``interval`` (a bootstrap interval over rounds) 10 rounds."""
+    if statistic in ("p50", "median", "mean"):
+        return 1
+    if statistic == "iqr":
+        return MIN_CALLS_FOR_QUANTILES
+    if statistic == "interval":
+        return MIN_ROUNDS_FOR_INTERVAL
+    if statistic.startswith("p") and statistic[1:].isdigit():
+        q = int(statistic[1:]) / 100
+        return max(MIN_CALLS_FOR_QUANTILES, round(1 / (1 - q)))
+    raise ValueError(f"unknown statistic {statistic!r}")
+
+
+def supports(statistic: str, n: int | float | None) -> bool:
+    """Whether ``n`` timed calls (rounds, for ``interval``) support printing ``statistic``; unknown n: no."""
+    if n is None or n != n:  # None or NaN
+        return False
+    return int(n) >= min_calls_for(statistic)

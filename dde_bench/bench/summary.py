@@ -26,7 +26,7 @@ def print_summary(rows: list[dict], console: Console) -> None:
         "p50 ms",
         "items/s",
         "speedup [95% CI]",
-        "FLOP bound",
+        "FLOP ratio",
         "vs plain",
         "accuracy",
         "status",

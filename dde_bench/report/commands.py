@@ -98,6 +98,9 @@ def gate_cmd(
         help="serving: lowest allowed ratio of each cached student's max Server QPS at the latency bound to its "
         "teacher's (the run's server rows); a run with server rows only skips the speedup checks",
     ),
+    batch_size: list[int] | None = typer.Option(
+        None, "--batch-size", help="gate only the rows of these batch sizes (repeatable)"
+    ),
     fmt: str = typer.Option("text", "--format", help="text | markdown | json"),
     against: str | None = typer.Option(
         None,
@@ -149,6 +152,7 @@ def gate_cmd(
                 scenario=scenario,
                 models=list(model) if model else None,
                 on=on,
+                batch_sizes=list(batch_size) if batch_size else None,
             ).checks
         if min_serving_ratio is not None:
             checks += gate_serving(run, min_serving_ratio, list(model) if model else None).checks

@@ -370,12 +370,15 @@ class GateResult:
         )
 
     def summary(self) -> str:
-        """One line: how many checks passed and the outcome."""
-        n_fail = sum(c.verdict == "fail" for c in self.checks)
-        return (
-            f"gate {'PASSED' if self.passed else 'FAILED'}: {len(self.checks) - n_fail}/{len(self.checks)} checks "
-            f"not failed ({self.run})"
-        )
+        """One line: the outcome and how many checks passed, failed and could not be decided (n/a), e.g.
+        'gate FAILED: 5/6 checks passed, 1 failed (RUN)'."""
+        counts = {v: sum(c.verdict == v for c in self.checks) for v in ("pass", "fail", "n/a")}
+        parts = [f"{counts['pass']}/{len(self.checks)} checks passed"]
+        if counts["fail"]:
+            parts.append(f"{counts['fail']} failed")
+        if counts["n/a"]:
+            parts.append(f"{counts['n/a']} n/a (not measured)")
+        return f"gate {'PASSED' if self.passed else 'FAILED'}: {', '.join(parts)} ({self.run})"
 
     def to_text(self, width: int = 160) -> str:
         """The checks as a rich table, rendered to plain text."""
@@ -409,14 +412,16 @@ def gate_run(
     scenario: str = "cached",
     models: list[str] | None = None,
     on: str = "ci-low",
+    batch_sizes: list[int] | None = None,
 ) -> GateResult:
-    """Gate one run on in-run quantities: for each student row of ``scenario`` (optionally only ``models``),
-    the lower bound of its speedup-over-teacher 95% interval must be at least ``min_speedup``, and its
-    accuracy at least the teacher's minus ``max_accuracy_drop``.
+    """Gate one run on in-run quantities: for each student row of ``scenario`` (optionally only ``models`` and
+    only ``batch_sizes``), the lower bound of its speedup-over-teacher 95% interval (``on="median"``: the ratio
+    of medians) must be at least ``min_speedup``, and its accuracy at least the teacher's minus
+    ``max_accuracy_drop``.
 
     A missing speedup interval fails (the gate cannot vouch for it); accuracy missing for both student and
     teacher (e.g. random-weight speed-only models) is reported n/a; missing for one of them fails.
-    Raises UserError when the run has no student rows in that scenario.
+    Raises UserError when the run has no student rows in that scenario (at those batch sizes).
     """
     if on not in ("ci-low", "median"):
         raise UserError(f"--on: expected ci-low or median, got {on!r}")
@@ -435,6 +440,15 @@ def gate_run(
                 f"{run_dir}: no {scenario} student rows for model(s) {', '.join(sorted(unknown))}"
             )
         sel = sel[sel["model"].isin(models)]
+    if batch_sizes:
+        have = {int(b) for b in sel["batch_size"] if not is_missing(b)}
+        unknown = set(batch_sizes) - have
+        if unknown:
+            raise UserError(
+                f"{run_dir}: --batch-size {', '.join(map(str, sorted(unknown)))}: no {scenario} student rows at "
+                f"that batch size (measured: {', '.join(map(str, sorted(have))) or 'none'})"
+            )
+        sel = sel[sel["batch_size"].map(lambda b: not is_missing(b) and int(b) in set(batch_sizes))]
     if sel.empty:
         raise UserError(f"{run_dir}: no student rows in scenario {scenario!r}: nothing to gate")
     checks: list[GateCheck] = []

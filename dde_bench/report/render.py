@@ -17,10 +17,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from dde_bench.bench.schema import FLOP_RATIO_LABEL as FLOP_RATIO
 from dde_bench.errors import UserError
 from dde_bench.report.load import load_run
 from dde_bench.report.plots import PLOTS, break_even
-from dde_bench.report.style import NA, Palette, sig
+from dde_bench.report.style import NA, SAMPLE_RULE, Palette, sample_note, sig
 from dde_bench.report.tables import (
     DERIVED_MARK,
     DERIVED_NOTE,
@@ -28,6 +29,7 @@ from dde_bench.report.tables import (
     comparison_table,
     env_table,
     fastpath_table,
+    flop_ratio_table,
     full_table,
     headline,
     model_kinds,
@@ -136,6 +138,26 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
     blocks: list[_Block] = [_heading(1, title)]
 
     blocks += [_heading(2, "Environment"), _table(env_table(runs))]
+    blocks += [
+        _heading(2, "How to read the numbers"),
+        _bullets(
+            [
+                "**Speedup** = the teacher's median latency / the model's, both measured interleaved (A B A B "
+                "...) in one process, so machine noise hits both alike; its 95% interval is a paired bootstrap "
+                "over the interleaved rounds.",
+                f"**{FLOP_RATIO}** = the teacher's FLOPs per item / the model's (torch's FLOP counter): the "
+                "speedup the arithmetic alone predicts. It is not a bound: a measured speedup above it means the "
+                "model executes each counted FLOP faster than the teacher does (a smaller working set that stays "
+                "in the CPU caches or GPU memory hierarchy, shorter sequences, fewer uncounted element-wise "
+                "operations); one below it means overheads the FLOP count does not see.",
+                f"**Sample sizes**: {SAMPLE_RULE}",
+                "**Memory** = the peak of live tensors during one call, split into the weights the call uses "
+                "and the activations at the peak (CUDA: max_memory_allocated beside it).",
+                "The transformers ViLT row is a **reference** (transformers' own ViltModel with the teacher's "
+                "weights), not a student.",
+            ]
+        ),
+    ]
     if len(runs) > 1:
         blocks += [
             _heading(2, "Runs side by side"),
@@ -161,11 +183,25 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
                 _heading(3, "Accuracy and speedup over the teacher"),
                 _para(
                     "Speedups at each model's largest measured batch size (the batch column): ratio of median "
-                    "latencies, teacher over model, measured interleaved with a bootstrap 95% interval in brackets; the FLOP bound in "
+                    "latencies, teacher over model, measured interleaved, with its bootstrap 95% interval in "
+                    f"brackets where at least 10 rounds were timed (else n=K rounds); the {FLOP_RATIO} in "
                     "parentheses. Accuracy on the suite's evaluation split with its bootstrap 95% interval."
                 ),
                 _table(paper_table(rows, palette)),
             ]
+            above = flop_ratio_table(rows, palette)
+            if not above.empty:
+                blocks += [
+                    _heading(3, "Speedups above the FLOP ratio"),
+                    _para(
+                        f"These rows are faster than their {FLOP_RATIO} predicts: speedup / {FLOP_RATIO} = the "
+                        "model's FLOP rate / the teacher's, so the model executes each counted FLOP faster. The "
+                        "working set (weights + activations of one call) beside it shows how much smaller the "
+                        "model's call is; a working set that fits the CPU caches where the teacher's does not is "
+                        "the usual reason on CPU. FLOP rate = FLOPs per item x items per second."
+                    ),
+                    _table(above),
+                ]
             if DERIVED_MARK in to_markdown(paper_table(rows, palette)):
                 blocks.append(_para(DERIVED_NOTE))
             be = break_even(rows)
@@ -180,13 +216,17 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
                         "break-even queries": be["break_even_queries"].map(
                             lambda q: NA if q != q else ("never" if q == float("inf") else f"{q:.3g}")
                         ),
+                        "student calls": be["n_samples"].map(lambda n: sample_note(n)),
                     }
                 )
                 blocks += [
                     _heading(3, "Gallery: when does the image cache pay off?"),
                     _para(
                         "Break-even = the number of text queries after which building the image-feature cache "
-                        "plus answering with the student takes less time than answering with the teacher."
+                        "plus answering with the student takes less time than answering with the teacher (cache "
+                        "build / (teacher - student time per query), from the medians; below 1 the cache pays "
+                        "for itself within the first query). n/a where the teacher was not measured at that size "
+                        "(one query over the run's time budget)."
                     ),
                     _table(be_fmt),
                 ]
@@ -227,7 +267,15 @@ def render_report(run_dirs: list[Path], out_dir: Path) -> Path:
                         f"<figcaption>{html.escape(caption)}</figcaption></figure>",
                     )
                 )
-            blocks += [_heading(3, "All results"), _table(full_table(rows, palette))]
+            blocks += [
+                _heading(3, "All results"),
+                _para(
+                    "n = timed calls (rounds, in an interleaved group). IQR, p90, p99 and intervals where the "
+                    "sample supports them, else n=K. Gallery rows: one text query against 'gallery' images. "
+                    "Rows not measured (skipped, oom, error) carry no accuracy."
+                ),
+                _table(full_table(rows, palette)),
+            ]
 
     md = "\n\n".join(b.md for b in blocks) + "\n"
     page = HTML_HEAD.format(title=html.escape(title)) + "\n".join(b.html for b in blocks) + HTML_TAIL

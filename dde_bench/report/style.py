@@ -1,9 +1,12 @@
-"""One place for how results look: model colours (the same in every plot) and number formatting.
+"""One place for how results look: model colours and variant styles (the same in every plot), number
+formatting, and which statistics a row's sample size lets the report print.
 
-Colours go by a model's *role*: the teacher is always blue, the distilled student always orange, a student
-trained without distillation grey-purple, the transformers ViLT reference green. Several models in one role
-(e.g. tiny and b32 teachers) get shades of that role's colour, in name order, so a model keeps its colour
-across plots and across reports built from the same set of models.
+Every model gets a colour of its own, picked by its *role* so the legend reads at a glance: teachers blues and
+teals, distilled students oranges and reds, students trained without distillation purples, the transformers
+ViLT reference greens (always drawn as a reference: dotted, never as a contender). Within a role models take the
+role's colours in name order, so a model keeps its colour across plots and across reports of the same models.
+A variant (``MODEL@compiled``, ``MODEL@fusion-cache``) takes its model's colour and its variant's style (line,
+marker, hatch), the same style for that variant everywhere.
 """
 
 from __future__ import annotations
@@ -12,17 +15,27 @@ import math
 from typing import Any
 
 from dde_bench.bench.schema import VARIANT_SEP, plain_name
+from dde_bench.bench.stats import MIN_ROUNDS_FOR_INTERVAL, min_calls_for, supports
 from dde_bench.errors import UserError
 
 NA = "n/a"
 
+# distinct hues within a role (no light/dark shades of one hue: two models must never look alike)
 ROLE_COLORS: dict[str, tuple[str, ...]] = {
-    "teacher": ("#1f5fa8", "#6f9fd8", "#0b3466"),
-    "student": ("#e8731a", "#f3a866", "#9c4a0a"),
-    "student-nodistill": ("#8e6bb8", "#b9a2d6", "#5b3f80"),
-    "hf-vilt": ("#3f9a4a", "#8cc893", "#1f5e27"),
-    "other": ("#7f7f7f", "#b0b0b0", "#4d4d4d"),
+    "teacher": ("#1f5fa8", "#17a3a3", "#3b3b98"),
+    "student": ("#e8731a", "#c8102e", "#b8860b"),
+    "student-nodistill": ("#8e6bb8", "#d45fa8", "#5b3f80"),
+    "hf-vilt": ("#3f9a4a", "#8a9a1f", "#1f5e27"),
+    "other": ("#7f7f7f", "#4d4d4d", "#b0b0b0"),
 }
+# one style per variant, whatever the model: solid/circle for the plain model
+VARIANT_STYLES: dict[str, dict[str, Any]] = {
+    "": {"linestyle": "-", "marker": "o", "hatch": None},
+    "compiled": {"linestyle": "-.", "marker": "^", "hatch": ".."},
+    "fusion-cache": {"linestyle": "--", "marker": "D", "hatch": "//"},
+}
+OTHER_VARIANT_STYLE = {"linestyle": ":", "marker": "v", "hatch": "xx"}
+REFERENCE_STYLE = {"linestyle": ":", "marker": "x"}  # the transformers reference row, in its own colour
 ROLE_ORDER = ("teacher", "hf-vilt", "student", "student-nodistill", "other")
 
 # Stage fills are neutral so they never read as a model; the model shows as the bar's outline and label colour.
@@ -63,8 +76,8 @@ def model_role(model: str, kind: str | None) -> str:
     return "other"
 
 
-def _lighter(color: str, amount: float = 0.45) -> str:
-    """The colour mixed with white."""
+def lighter(color: str, amount: float = 0.55) -> str:
+    """The colour mixed with white (activations beside a model's weights, in the same hue)."""
     from matplotlib.colors import to_hex, to_rgb
 
     r, g, b = to_rgb(color)
@@ -86,15 +99,23 @@ class Palette:
             base_names = [m for m in names if VARIANT_SEP not in m]
             for i, m in enumerate(base_names):
                 self.colors[m] = shades[i % len(shades)]
-        # a variant ('tiny-student@fusion-cache') takes a lighter shade of its model's colour
+        # a variant ('tiny-student@fusion-cache') takes its model's colour; its style tells it apart
         for m in models:
             if VARIANT_SEP in m:
-                base = plain_name(m)
-                self.colors[m] = _lighter(self.colors.get(base, ROLE_COLORS["other"][0]))
+                self.colors[m] = self.colors.get(plain_name(m), ROLE_COLORS["other"][0])
 
     def color(self, model: str) -> str:
         """The model's colour (grey for a model the palette was not built with)."""
         return self.colors.get(model, ROLE_COLORS["other"][0])
+
+    def style(self, model: str) -> dict[str, Any]:
+        """The model's line style, marker and hatch: its variant's (plain models solid with circles)."""
+        variant = model.split(VARIANT_SEP, 1)[1] if VARIANT_SEP in model else ""
+        return dict(VARIANT_STYLES.get(variant, OTHER_VARIANT_STYLE))
+
+    def is_reference(self, model: str) -> bool:
+        """Whether the model is a reference row (transformers' ViLT), drawn as a reference, not a contender."""
+        return self.roles.get(plain_name(model)) == "hf-vilt" or self.roles.get(model) == "hf-vilt"
 
     def order(self, models: list[str] | set[str]) -> list[str]:
         """Models in report order: teachers, reference, students, then the rest; by name within a role."""
@@ -151,10 +172,38 @@ def pct_ci(v: Any, lo: Any, hi: Any) -> str:
     return f"{pct(v)} [{100 * float(lo):.1f}, {100 * float(hi):.1f}]"
 
 
-def speedup_ci(v: Any, lo: Any, hi: Any) -> str:
-    """Speedup with its 95% interval: '6.2x [5.8, 6.6]'."""
+def speedup_ci(v: Any, lo: Any, hi: Any, rounds: Any = None) -> str:
+    """Speedup with its 95% interval: '6.2x [5.8, 6.6]'. With ``rounds`` given, the interval is printed only
+    where that many interleaved rounds support one (bench.stats.supports), else '10.4x (n=5 rounds)'."""
     if is_missing(v):
         return NA
+    if rounds is not None and not supports("interval", None if is_missing(rounds) else float(rounds)):
+        return f"{fixed(v, 1, 'x')} ({sample_note(rounds, 'rounds')})"
     if is_missing(lo) or is_missing(hi):
         return fixed(v, 1, "x")
     return f"{fixed(v, 1, 'x')} [{float(lo):.1f}, {float(hi):.1f}]"
+
+
+# ---------------------------------------------------------------- what a sample size lets us print
+
+SAMPLE_RULE = (
+    f"Percentiles and intervals are printed only where the sample supports them (bench/stats.py): the IQR and "
+    f"p90 from {min_calls_for('p90')} timed calls, p99 from {min_calls_for('p99')}, a bootstrap 95% interval "
+    f"from {MIN_ROUNDS_FOR_INTERVAL} interleaved rounds (one call of each model per round). Below that a cell "
+    "reads n=K, the number of calls (rounds) timed, and only the median is given."
+)
+
+
+def sample_note(n: Any, unit: str = "calls") -> str:
+    """'n=5 calls' (n/a where the count is unknown)."""
+    return f"n={int(float(n))} {unit}" if not is_missing(n) else f"n unknown ({unit})"
+
+
+def stat_cell(v: Any, n: Any, statistic: str) -> str:
+    """A latency statistic (``iqr``, ``p90``, ``p99``) to 3 significant figures where ``n`` calls support it,
+    else 'n=K'; n/a where not measured."""
+    if is_missing(v):
+        return NA
+    if not supports(statistic, None if is_missing(n) else float(n)):
+        return f"n={int(float(n))}" if not is_missing(n) else NA
+    return sig(v)

@@ -1,7 +1,9 @@
 """Tables and headline sentences built from result rows: every figure comes from the rows, missing ones read n/a.
 
 All functions take the rows of one or more runs as a DataFrame (schema.COLUMNS plus a ``run`` column naming
-the run folder) and return DataFrames of formatted strings, or plain sentences.
+the run folder) and return DataFrames of formatted strings, or plain sentences. Intervals and tail percentiles
+are printed only where the row's sample supports them (``bench.stats.supports``; style.SAMPLE_RULE says it in
+words). The column ``speedup_flop_bound`` is shown as the FLOP ratio (schema.FLOP_RATIO_LABEL).
 """
 
 from __future__ import annotations
@@ -12,9 +14,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dde_bench.bench.schema import MATCH_KEYS, plain_name
+from dde_bench.bench.schema import FLOP_RATIO_LABEL, MATCH_KEYS, plain_name
+from dde_bench.bench.stats import supports
 from dde_bench.report.load import Run
-from dde_bench.report.style import NA, Palette, fixed, is_missing, pct, pct_ci, sig, speedup_ci
+from dde_bench.report.style import (
+    NA,
+    Palette,
+    fixed,
+    is_missing,
+    pct,
+    pct_ci,
+    sample_note,
+    sig,
+    speedup_ci,
+    stat_cell,
+)
 
 GROUP_KEYS = ("suite", "device", "dtype")  # one report section per group: a suite measured on a device
 DERIVED_MARK = "†"
@@ -52,6 +66,20 @@ def model_kinds(rows: pd.DataFrame) -> dict[str, str | None]:
     return out
 
 
+def model_sizes(rows: pd.DataFrame) -> dict[str, str]:
+    """Model name -> model size (tiny, b32, ...; '' where not recorded)."""
+    out: dict[str, str] = {}
+    for m, sz in zip(rows["model"], rows["size"], strict=True):
+        if not out.get(m):
+            out[m] = "" if is_missing(sz) else str(sz)
+    return out
+
+
+def size_order(sizes: set[str] | list[str]) -> list[str]:
+    """Model sizes in report order: tiny first, then the rest by name (b32), unknown ('') last."""
+    return sorted(set(sizes), key=lambda z: (z == "", z != "tiny", z))
+
+
 def teachers(rows: pd.DataFrame) -> list[str]:
     """The teacher models in the rows."""
     return sorted({m for m, k in model_kinds(rows).items() if k == "teacher"})
@@ -80,6 +108,7 @@ def speedup_for(rows: pd.DataFrame, model: str, scenario: str, batch: int) -> di
         "high": float("nan"),
         "bound": float("nan"),
         "derived": False,
+        "rounds": float("nan"),  # interleaved rounds behind the interval (n_samples of the row)
     }
     ok = _ok(rows)
     sel = ok[(ok["model"] == model) & (ok["scenario"] == scenario) & (ok["batch_size"] == batch)]
@@ -87,6 +116,7 @@ def speedup_for(rows: pd.DataFrame, model: str, scenario: str, batch: int) -> di
         return out
     r = sel.iloc[0]
     out["bound"] = num(r["speedup_flop_bound"])
+    out["rounds"] = num(r["n_samples"])
     if not is_missing(r["speedup_vs_teacher"]):
         out.update(
             value=num(r["speedup_vs_teacher"]), low=num(r["speedup_ci_low"]), high=num(r["speedup_ci_high"])
@@ -110,7 +140,7 @@ def _fmt_speedup(s: dict[str, Any], with_bound: bool = True) -> str:
     elif s["derived"]:
         text = fixed(s["value"], 1, "x") + DERIVED_MARK
     else:
-        text = speedup_ci(s["value"], s["low"], s["high"])
+        text = speedup_ci(s["value"], s["low"], s["high"], s["rounds"])
     if with_bound:
         text += f" ({fixed(s['bound'], 1, 'x')})" if not np.isnan(s["bound"]) else " (n/a)"
     return text
@@ -120,7 +150,8 @@ def _fmt_speedup(s: dict[str, Any], with_bound: bool = True) -> str:
 
 
 def headline(rows: pd.DataFrame, palette: Palette) -> list[str]:
-    """Plain-word answers for one group (suite, device, dtype): accuracy given up, speedup, memory saved."""
+    """Plain-word answers for one group (suite, device, dtype), one bullet per student: accuracy given up,
+    speedup cached and online next to the FLOP ratio, memory against the teacher in both scenarios."""
     out: list[str] = []
     kinds = model_kinds(rows)
     measured = _measured_models(rows)
@@ -135,7 +166,7 @@ def headline(rows: pd.DataFrame, palette: Palette) -> list[str]:
         ta, tlo, thi = model_accuracy(rows, teacher)
         sa, slo, shi = model_accuracy(rows, s)
         if np.isnan(ta) or np.isnan(sa):
-            acc = f"accuracy n/a (teacher {pct(ta)}, student {pct(sa)})"
+            acc = f"accuracy n/a (teacher {pct(ta)}, student {pct(sa)}: random weights measure speed only)"
         else:
             gap = 100 * (ta - sa)
             word = "gives up" if gap > 0 else "gains"
@@ -145,57 +176,60 @@ def headline(rows: pd.DataFrame, palette: Palette) -> list[str]:
             )
         parts = [f"**{s}** {acc}"]
         for scenario, words in (("cached", "with cached image features"), ("online", "online (no cache)")):
-            sub = rows[(rows["model"] == s) & (rows["scenario"] == scenario)]
-            batches = sorted(int(b) for b in sub["batch_size"] if not is_missing(b))
-            vals = [(b, speedup_for(rows, s, scenario, b)) for b in batches]
-            vals = [(b, v) for b, v in vals if not np.isnan(v["value"])]
-            if not vals:
-                parts.append(f"speedup {words} n/a")
-                continue
-            lo, hi = min(vals, key=lambda x: x[1]["value"]), max(vals, key=lambda x: x[1]["value"])
-            derived = DERIVED_MARK if any(v["derived"] for _, v in vals) else ""
-            bound = vals[-1][1]["bound"]
-            bound_txt = f", FLOP bound {fixed(bound, 1, 'x')}" if not np.isnan(bound) else ""
-            if lo[0] == hi[0]:
-                parts.append(
-                    f"is {fixed(lo[1]['value'], 1, 'x')}{derived} faster {words} (batch {lo[0]}{bound_txt})"
-                )
-            else:
-                parts.append(
-                    f"is {fixed(lo[1]['value'], 1, 'x')} (batch {lo[0]}) to {fixed(hi[1]['value'], 1, 'x')} "
-                    f"(batch {hi[0]}){derived} faster {words}{bound_txt.replace(', ', ' (', 1) + ')' if bound_txt else ''}"
-                )
-        parts.append(_memory_sentence(rows, s, teacher))
-        out.append(", ".join(parts[:-1]) + "; " + parts[-1] + ".")
+            parts.append(_speedup_phrase(rows, s, scenario, words))
+        out.append("; ".join(parts) + "; " + _memory_sentence(rows, s, teacher) + ".")
     return out
 
 
+def _speedup_phrase(rows: pd.DataFrame, model: str, scenario: str, words: str) -> str:
+    """'speedup with cached image features 1.9x (batch 1) to 5.1x (batch 32), FLOP ratio 6.4x'."""
+    sub = rows[(rows["model"] == model) & (rows["scenario"] == scenario)]
+    batches = sorted({int(b) for b in sub["batch_size"] if not is_missing(b)})
+    vals = [(b, speedup_for(rows, model, scenario, b)) for b in batches]
+    vals = [(b, v) for b, v in vals if not np.isnan(v["value"])]
+    if not vals:
+        return f"speedup {words} n/a"
+
+    def one(b: int, v: dict[str, Any]) -> str:
+        few = "" if supports("interval", v["rounds"]) else f", {sample_note(v['rounds'], 'rounds')}"
+        return f"{fixed(v['value'], 1, 'x')}{DERIVED_MARK if v['derived'] else ''} (batch {b}{few})"
+
+    lo = min(vals, key=lambda x: x[1]["value"])
+    hi = max(vals, key=lambda x: x[1]["value"])
+    text = f"speedup {words} {one(*lo)}" + (f" to {one(*hi)}" if lo[0] != hi[0] else "")
+    bound = hi[1]["bound"]
+    if not np.isnan(bound):
+        text += f", {FLOP_RATIO_LABEL} {fixed(bound, 1, 'x')}"
+        if hi[1]["value"] > bound:
+            text += " (measured above it: see 'Speedups above the FLOP ratio')"
+    return text
+
+
 def _memory_sentence(rows: pd.DataFrame, student: str, teacher: str) -> str:
+    """Memory of the student's call against the teacher's in each scenario, at their largest common batch size:
+    lighter or heavier, whichever it is (online the student holds two towers' weights)."""
     ok = _ok(rows)
+    t = ok[(ok["model"] == teacher) & (ok["scenario"].isin(["online", "cached"]))]
+    t = t.loc[
+        t["peak_mem_mb"].map(lambda v: not is_missing(v)).astype(bool)
+    ]  # .loc: an empty mask stays a mask
+    parts = []
     for scenario in ("cached", "online"):
         s = ok[(ok["model"] == student) & (ok["scenario"] == scenario)]
-        t = ok[(ok["model"] == teacher) & (ok["scenario"] == scenario)]
-        common = sorted(
-            set(s.loc[s["peak_mem_mb"].map(lambda v: not is_missing(v)), "batch_size"])
-            & set(t.loc[t["peak_mem_mb"].map(lambda v: not is_missing(v)), "batch_size"])
-        )
+        s = s.loc[s["peak_mem_mb"].map(lambda v: not is_missing(v)).astype(bool)]
+        common = sorted(set(s["batch_size"]) & set(t["batch_size"]))
         if not common:
             continue
         b = common[-1]
         sm = num(s.loc[s["batch_size"] == b, "peak_mem_mb"].iloc[0])
-        tm = num(t.loc[t["batch_size"] == b, "peak_mem_mb"].iloc[0])
+        tm = num(t.loc[t["batch_size"] == b, "peak_mem_mb"].iloc[0])  # the teacher's call is the same in both
         if sm <= 0 or tm <= 0:
             continue
-        if sm <= tm:
-            return (
-                f"peak memory {sig(sm)} MB vs {sig(tm)} MB for the teacher ({tm / sm:.1f}x lighter, "
-                f"{scenario}, batch {b})"
-            )
-        return (
-            f"peak memory {sig(sm)} MB vs {sig(tm)} MB for the teacher ({sm / tm:.1f}x heavier, "
-            f"{scenario}, batch {b})"
-        )
-    return "peak memory n/a"
+        how = f"{tm / sm:.1f}x lighter" if sm <= tm else f"{sm / tm:.1f}x heavier"
+        parts.append(f"{scenario} {sig(sm)} MB vs {sig(tm)} MB for the teacher, {how} (batch {b})")
+    if not parts:
+        return "peak memory n/a"
+    return "peak memory " + "; ".join(parts)
 
 
 # ---------------------------------------------------------------- tables
@@ -215,8 +249,9 @@ def model_batch(rows: pd.DataFrame, model: str) -> int | None:
 
 
 def paper_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
-    """Per model: accuracy (95% CI) and speedup over the teacher online and cached, each next to its FLOP bound,
-    at the model's largest measured batch size (named in the batch column)."""
+    """Per model: accuracy (95% CI) and speedup over the teacher online and cached, each next to its FLOP ratio,
+    at the model's largest measured batch size (named in the batch column). The transformers row is a reference
+    (kind 'reference'): the same weights as its teacher, run by transformers' own ViltModel."""
     kinds = model_kinds(rows)
     measured = _measured_models(rows)
     recs = []
@@ -225,13 +260,16 @@ def paper_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
             continue
         b = model_batch(rows, m)
         a, lo, hi = model_accuracy(rows, m)
-        rec = {"model": m, "kind": kinds[m] or NA, "accuracy (95% CI)": pct_ci(a, lo, hi), "batch": b or NA}
+        kind = "reference" if kinds[m] == "hf-vilt" else (kinds[m] or NA)
+        rec = {"model": m, "kind": kind, "accuracy (95% CI)": pct_ci(a, lo, hi), "batch": b or NA}
         for scenario in ("online", "cached"):
-            col = f"speedup {scenario} (FLOP bound)"
+            col = f"speedup {scenario} ({FLOP_RATIO_LABEL})"
             if kinds[m] == "teacher":
                 rec[col] = "1.0x (reference)"
             elif b is None:
                 rec[col] = NA
+            elif not ((rows["model"] == m) & (rows["scenario"] == scenario)).any():
+                rec[col] = "not run"  # e.g. the transformers reference runs online only
             else:
                 rec[col] = _fmt_speedup(speedup_for(rows, m, scenario, b))
         recs.append(rec)
@@ -266,6 +304,7 @@ def fastpath_table(rows: pd.DataFrame) -> pd.DataFrame:
                     r.get("speedup_vs_plain"),
                     r.get("speedup_vs_plain_ci_low"),
                     r.get("speedup_vs_plain_ci_high"),
+                    r.get("n_samples"),
                 ),
                 "max abs diff": NA if is_missing(diff) else f"{float(diff):.1e}",
                 "compile s": sig(r.get("compile_s")),
@@ -290,16 +329,21 @@ FULL_COLUMNS = {
     "n_samples": "n",
     "throughput_per_s": "items/s",
     "peak_mem_mb": "peak mem MB",
+    "weights_mb": "weights MB",
+    "activation_peak_mb": "activations MB",
     "energy_j_per_item": "J/item",
     "speedup_vs_teacher": "speedup [95% CI]",
-    "speedup_flop_bound": "FLOP bound",
+    "speedup_flop_bound": FLOP_RATIO_LABEL,
     "cache_build_s": "cache build s",
 }
+_TAIL_STATS = {"latency_iqr_ms": "iqr", "latency_p90_ms": "p90", "latency_p99_ms": "p99"}
 
 
 def full_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
     """Every row, formatted: 3 significant figures for times, memory and throughput, 1 decimal for speedups,
-    accuracy in % with 1 decimal."""
+    accuracy in % with 1 decimal. A gallery row's size is in the gallery column (its batch is one text query);
+    IQR, p90, p99 and intervals where the sample supports them, else n=K; a row that was not measured (skipped,
+    oom, error) shows no accuracy, since none of its numbers were measured."""
     order = {m: i for i, m in enumerate(palette.order(list(set(rows["model"]))))}
     scen = {"online": 0, "cached": 1, "gallery": 2}
     rows = rows.assign(
@@ -310,24 +354,92 @@ def full_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
     recs = []
     for _, r in rows.iterrows():
         rec: dict[str, str] = {}
+        measured = is_missing(r.get("status")) or r.get("status") == "ok"
+        gallery = not is_missing(r.get("gallery_size"))
         for col, label in FULL_COLUMNS.items():
             v = r.get(col)
             if col in ("model", "scenario", "status"):
                 rec[label] = NA if is_missing(v) else str(v)
+            elif col == "batch_size" and gallery:
+                rec[label] = ""
             elif col in ("batch_size", "gallery_size", "n_samples"):
                 rec[label] = (
                     "" if is_missing(v) and col == "gallery_size" else (NA if is_missing(v) else str(int(v)))
                 )
             elif col == "accuracy":
-                rec[label] = pct(v)
+                rec[label] = pct(v) if measured else ""
+            elif col in _TAIL_STATS:
+                rec[label] = stat_cell(v, r.get("n_samples"), _TAIL_STATS[col])
             elif col == "speedup_vs_teacher":
-                rec[label] = speedup_ci(v, r.get("speedup_ci_low"), r.get("speedup_ci_high"))
+                rec[label] = speedup_ci(
+                    v, r.get("speedup_ci_low"), r.get("speedup_ci_high"), r.get("n_samples")
+                )
             elif col == "speedup_flop_bound":
                 rec[label] = fixed(v, 1, "x")
             else:
                 rec[label] = sig(v)
         recs.append(rec)
-    return pd.DataFrame.from_records(recs, columns=list(FULL_COLUMNS.values()))
+    df = pd.DataFrame.from_records(recs, columns=list(FULL_COLUMNS.values()))
+    # columns nothing in this group measured (energy on CPU, the memory split on GPU rows) are left out
+    keep = [c for c in df.columns if c in ("model", "scenario", "status") or not (df[c].isin([NA, ""])).all()]
+    return df[keep]
+
+
+def flop_ratio_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
+    """Rows whose measured speedup is above their FLOP ratio, with the data that says why: the FLOP rate each
+    model reached (FLOPs per item x items per second) and each call's working set (weights + activations).
+
+    Speedup / FLOP ratio = the model's FLOP rate / the teacher's: a speedup above the ratio means the model
+    executes each counted FLOP faster than the teacher does."""
+    ok = _ok(rows)
+    recs = []
+    for _, r in ok[ok["scenario"].isin(["online", "cached"])].iterrows():
+        sp, ratio = num(r["speedup_vs_teacher"]), num(r["speedup_flop_bound"])
+        if np.isnan(sp) or np.isnan(ratio) or sp <= ratio:
+            continue
+        teacher = teacher_of(rows, r["model"])
+        t = ok[
+            (ok["model"] == teacher)
+            & (ok["scenario"] == r["scenario"])
+            & (ok["batch_size"] == r["batch_size"])
+        ]
+        if t.empty:
+            continue
+        t = t.iloc[0]
+
+        def rate(x: pd.Series) -> float:
+            return num(x["flops_per_item"]) * num(x["throughput_per_s"]) / 1e9
+
+        def working_set(x: pd.Series) -> str:
+            w, a = num(x.get("weights_mb")), num(x.get("activation_peak_mb"))
+            if np.isnan(w) or np.isnan(a):
+                return sig(x.get("peak_mem_mb"))
+            return f"{sig(w + a)} ({sig(w)} + {sig(a)})"
+
+        recs.append(
+            {
+                "model": r["model"],
+                "scenario": r["scenario"],
+                "batch": str(int(r["batch_size"])),
+                "speedup": speedup_ci(sp, r["speedup_ci_low"], r["speedup_ci_high"], r["n_samples"]),
+                FLOP_RATIO_LABEL: fixed(ratio, 1, "x"),
+                "evidence": _above_evidence(r, ratio),
+                "GFLOP/s model": sig(rate(r)),
+                "GFLOP/s teacher": sig(rate(t)),
+                "working set MB model (weights + activations)": working_set(r),
+                "working set MB teacher": working_set(t),
+            }
+        )
+    return pd.DataFrame.from_records(recs)
+
+
+def _above_evidence(r: pd.Series, ratio: float) -> str:
+    """How sure 'above the FLOP ratio' is: the whole interval above it, or only the median."""
+    if not supports("interval", num(r["n_samples"])) or is_missing(r["speedup_ci_low"]):
+        return f"median only ({sample_note(r['n_samples'], 'rounds')}: too few for an interval)"
+    if num(r["speedup_ci_low"]) > ratio:
+        return "the whole 95% interval is above it"
+    return "the median is above it, the 95% interval includes it"
 
 
 ENV_KEYS = (
@@ -346,10 +458,14 @@ ENV_KEYS = (
 
 
 def env_table(runs: list[Run]) -> pd.DataFrame:
-    """The environment of each run side by side: one column per run, plus the dtypes its rows were measured in."""
+    """The environment of each run side by side: one column per run, plus the dtypes its rows were measured in.
+    The seed is a setting (run.json ``settings.seed``); the rest comes from ``environment``."""
     data: dict[str, list[str]] = {"": [label for _, label in ENV_KEYS] + ["dtypes", "rows"]}
     for i, run in enumerate(runs):
-        env = run.environment
+        env = dict(run.environment)
+        settings = run.info.get("settings")
+        if isinstance(settings, dict) and "seed" in settings:
+            env["seed"] = settings["seed"]
         vals = [NA if is_missing(env.get(k)) else str(env.get(k)) for k, _ in ENV_KEYS]
         dtypes = sorted({str(d) for d in run.rows["dtype"] if not is_missing(d)})
         vals += [", ".join(dtypes) or NA, str(len(run.rows))]

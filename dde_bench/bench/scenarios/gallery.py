@@ -20,12 +20,13 @@ from dde_bench.bench import timing
 from dde_bench.bench.context import Rows, RunContext
 from dde_bench.bench.flops import count_flops
 from dde_bench.bench.scenarios.batched import vs_plain
-from dde_bench.bench.stats import speedup
+from dde_bench.bench.stats import MIN_ROUNDS_FOR_INTERVAL, speedup
 from dde_bench.bench.workload import DTYPES, Entry, comparison_groups, full_call, inputs, variant
 from dde_bench.tasks import GALLERY_LABEL
 
 NAME = "gallery"
 FLOPS_MAX_N = 1000  # FLOPs are counted (one extra call under FlopCounterMode) up to this gallery size
+GALLERY_SIZE_MAX_S = 15.0  # timed seconds per gallery size at most (all its models, interleaved)
 
 
 def break_even_queries(cache_build_s: float | None, teacher_s: float, student_s: float) -> float | None:
@@ -88,8 +89,14 @@ class GalleryScenario:
                 fns[e.name] = _teacher_query(ctx, e, n, dtype)
             else:
                 fns[e.name] = _student_query(ctx, e, stores.get(e, n_max), n, dtype)
+        # enough rounds for the speedup intervals the report prints (stats.MIN_ROUNDS_FOR_INTERVAL), within a
+        # per-size time cap: a size whose rounds are slower stops at the cap and its rows say how many they hold
         rule = ctx.plan.rule
-        rule = rule.replace(min_iters=3, min_time_s=min(rule.min_time_s, 0.5))
+        rule = rule.replace(
+            min_iters=MIN_ROUNDS_FOR_INTERVAL,
+            min_time_s=min(rule.min_time_s, 0.5),
+            max_time_s=min(rule.max_time_s, GALLERY_SIZE_MAX_S),
+        )
         meas = timing.measure_interleaved(fns, device=ctx.device, items_per_call=n, **rule.to_dict())
         flops = {name: count_flops(fn) / n if n <= FLOPS_MAX_N else None for name, fn in fns.items()}
         out: Rows = []
