@@ -43,6 +43,9 @@ def load_yaml(path: Path) -> dict:
         raise UserError(f"{path}: no such file") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text ({e.reason}, byte {e.start})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
     return data

@@ -108,6 +108,13 @@ def test_bad_model_card_is_one_line(tmp_path, card, message):
     assert str(e.value) == f"{path}: {message}"
 
 
+def test_non_utf8_card_is_one_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b'name: x\ntask: nlvr2\ndescription: "\xe9"\n')
+    with pytest.raises(UserError, match=rf"{path}:3: not UTF-8 text"):
+        load_suite(path)
+
+
 def test_unknown_names_suggest_the_closest(use_bench_env):
     with pytest.raises(UserError, match="unknown model 'tiny-teachr'; did you mean 'tiny-teacher'"):
         load_model_card("tiny-teachr")
