@@ -51,6 +51,9 @@ class Workload:
         self.data = load_suite_data(card, Path(cache_root), size_config("tiny"), (self.split,), progress=True)
         self.dataset = self.data.datasets[self.split]
         tiny = size_config("tiny")
+        self._fingerprints: dict[
+            int, tuple[Any, str]
+        ] = {}  # id(tokenizer) -> (tokenizer, its vocab fingerprint)
         self._datasets: dict[tuple, Any] = {
             self._key(self.data.tokenizer, self.data.answer_vocab, tiny): self.dataset
         }
@@ -72,13 +75,15 @@ class Workload:
             self._datasets[key] = self.data.dataset(self.split, cfg, tokenizer=tok, answer_vocab=answers)
         return self._datasets[key]
 
-    @staticmethod
-    def _key(tokenizer, answers, cfg) -> tuple:
-        """What a model's view of the split depends on: token ids, answer list, text length, image geometry."""
+    def _key(self, tokenizer, answers, cfg) -> tuple:
+        """What a model's view of the split depends on: token ids, answer list, text length, image geometry.
+        A tokenizer's fingerprint is computed once (it sorts the whole vocabulary)."""
         from dde_bench.data.tokenize import vocab_fingerprint
 
+        if id(tokenizer) not in self._fingerprints:
+            self._fingerprints[id(tokenizer)] = (tokenizer, vocab_fingerprint(tokenizer))
         return (
-            vocab_fingerprint(tokenizer),
+            self._fingerprints[id(tokenizer)][1],
             tuple(answers) if answers else None,
             cfg.max_text_len,
             cfg.image_size,
