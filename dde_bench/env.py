@@ -33,6 +33,37 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the instruction-set features that decide which low-precision kernels a CPU runs natively
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> list[str]:
+    """Which of :data:`CPU_FEATURES` this CPU has (from /proc/cpuinfo; empty where that is not readable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [name for name in CPU_FEATURES if name in flags]
+    except OSError:
+        pass
+    return []
+
+
+def native_bf16(device: torch.device | str) -> bool | None:
+    """Does ``device`` compute bf16 matmuls in hardware? CUDA: compute capability 8.0 or newer; CPU:
+    avx512_bf16 or AMX (without them torch emulates bf16 in software, many times slower than fp32, so a bf16 row
+    measures the emulation, not a bf16 deployment). None where it cannot be told (no /proc/cpuinfo)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    feats = cpu_features()
+    if not feats:
+        return None
+    return "avx512_bf16" in feats or "amx_bf16" in feats
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     try:
@@ -88,6 +119,9 @@ def environment(device: torch.device | str = "cpu") -> dict:
         "transformers": _version("transformers"),
         "dde_bench": _version("dde-bench"),
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch dispatches to
+        "native_bf16": native_bf16(device),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "device": str(device),

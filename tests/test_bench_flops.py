@@ -39,3 +39,31 @@ def test_mfu() -> None:
     assert model_flop_utilisation(None, 1000.0, "cuda", torch.float32, gpu_name="NVIDIA H200") is None
     mfu = model_flop_utilisation(1e9, 98_940.0, "cuda", torch.bfloat16, gpu_name="NVIDIA H200")
     assert mfu == pytest.approx(0.1)
+
+
+def test_gemm_peak_size_shrinks_to_the_time_budget() -> None:
+    """An emulated dtype must not cost minutes: the measured size halves until one product fits the budget."""
+    from dde_bench.bench.flops import measure_gemm_peak
+
+    big = measure_gemm_peak("cpu", torch.float32, n=512, calls=2, call_budget_s=60.0)
+    assert big["shape"] == [512, 512, 512] and big["flops_per_s"] > 0
+    small = measure_gemm_peak("cpu", torch.float32, n=2048, calls=2, call_budget_s=1e-9)
+    assert small["shape"] == [256, 256, 256]  # the probe size is the floor
+    assert "256x256" in small["method"]
+
+
+def test_native_bf16_follows_the_cpu_flags(monkeypatch) -> None:
+    from dde_bench import env
+    from dde_bench.bench.context import emulated_dtype_notes
+
+    monkeypatch.setattr(env, "cpu_features", lambda: ["avx2", "fma"])
+    assert env.native_bf16("cpu") is False
+    note = emulated_dtype_notes(["fp32", "bf16"], torch.device("cpu"))
+    assert set(note) == {"bf16"} and "emulated" in note["bf16"]
+    assert emulated_dtype_notes(["fp32"], torch.device("cpu")) == {}
+    monkeypatch.setattr(env, "cpu_features", lambda: ["avx2", "avx512f", "avx512_bf16"])
+    assert env.native_bf16("cpu") is True
+    assert emulated_dtype_notes(["bf16"], torch.device("cpu")) == {}
+    monkeypatch.setattr(env, "cpu_features", lambda: [])
+    assert env.native_bf16("cpu") is None  # cannot tell: no note rather than a wrong one
+    assert emulated_dtype_notes(["bf16"], torch.device("cpu")) == {}

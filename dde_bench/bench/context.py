@@ -56,6 +56,17 @@ class TimingRule:
         return replace(self, **kw)
 
 
+def emulated_dtype_notes(dtypes: list[str], device: torch.device) -> dict[str, str]:
+    """A note for each dtype this device only emulates (bf16 on a CPU without avx512_bf16 / AMX): its rows time
+    the emulation, so they say so."""
+    from dde_bench.env import native_bf16
+
+    if "bf16" in dtypes and native_bf16(device) is False:
+        what = "CPU without avx512_bf16 / AMX" if device.type == "cpu" else "GPU before compute capability 8.0"
+        return {"bf16": f"bf16 is emulated in software on this {what}: these times are not a bf16 deployment's"}
+    return {}
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """The settings of one run, every default resolved (what run.json's ``settings`` record)."""
@@ -198,6 +209,9 @@ class RunContext:
     def __post_init__(self) -> None:
         self.done = self.writer.done_keys()
         self.features = ImageFeatures(self.workload, self.plan.device)
+        self.dtype_notes = emulated_dtype_notes(self.plan.dtypes, self.plan.device)
+        for dtype, note in self.dtype_notes.items():
+            self.console.print(f"[yellow]{dtype}[/]: {note}")
 
     @property
     def device(self) -> torch.device:
@@ -222,7 +236,7 @@ class RunContext:
             "device": str(self.device),
             "threads": torch.get_num_threads(),  # as measured, not as asked
             "teacher_model": e.teacher,
-            "note": e.note,
+            "note": "; ".join(n for n in (e.note, self.dtype_notes.get(dtype)) if n),
             **self.accuracy.get(plain_name(e.name), {}),  # a variant scores like its plain model
         }
 

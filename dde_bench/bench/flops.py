@@ -140,26 +140,34 @@ def model_flop_utilisation(
     return flops_per_item * items_per_s / peak
 
 
-def measure_gemm_peak(device: torch.device | str, dtype: torch.dtype, n: int = 2048, calls: int = 5) -> dict:
+def measure_gemm_peak(
+    device: torch.device | str, dtype: torch.dtype, n: int = 2048, calls: int = 5, call_budget_s: float = 2.0
+) -> dict:
     """This device's dense matmul rate for ``dtype``, measured: the best of ``calls`` timed ``n x n @ n x n``
     products (2 n^3 FLOPs each) after one warm-up, at the current thread count; CUDA timed with events around
     each call. What a row's ``gemm_peak_share`` divides by: the rate this machine reaches on the easiest dense
-    work, not a datasheet figure (which is in ``flop_utilisation`` on listed GPUs)."""
+    work, not a datasheet figure (which is in ``flop_utilisation`` on listed GPUs).
+
+    ``n`` is the largest size measured: a 256^3 product is timed first, and ``n`` halves (down to 256) until one
+    product is estimated to take at most ``call_budget_s``, so a dtype the device only emulates (bf16 on a CPU
+    without avx512_bf16: ~100x slower) costs seconds, not minutes. The size used is recorded."""
     from dde_bench.bench import timing
 
     dev = torch.device(device)
     g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(dev, dtype)
-    b = torch.randn(n, n, generator=g).to(dev, dtype)
-    m = timing.measure(
-        lambda: a @ b,
-        device=dev,
-        warmup_iters=1,
-        warmup_s=0.0,
-        min_iters=calls,
-        min_time_s=0.0,
-        max_time_s=30.0,
-    )
+
+    def timed(size: int, k: int) -> timing.Measurement:
+        a = torch.randn(size, size, generator=g).to(dev, dtype)
+        b = torch.randn(size, size, generator=g).to(dev, dtype)
+        return timing.measure(
+            lambda: a @ b, device=dev, warmup_iters=1, warmup_s=0.0, min_iters=k, min_time_s=0.0, max_time_s=30.0
+        )
+
+    probe = 256
+    rate = 2 * probe**3 / min(timed(probe, 2).samples_s)
+    while n > probe and 2 * n**3 / rate > call_budget_s:
+        n //= 2
+    m = timed(n, calls)
     best = min(m.samples_s)
     return {
         "flops_per_s": 2 * n**3 / best,
