@@ -62,8 +62,12 @@ def emulated_dtype_notes(dtypes: list[str], device: torch.device) -> dict[str, s
     from dde_bench.env import native_bf16
 
     if "bf16" in dtypes and native_bf16(device) is False:
-        what = "CPU without avx512_bf16 / AMX" if device.type == "cpu" else "GPU before compute capability 8.0"
-        return {"bf16": f"bf16 is emulated in software on this {what}: these times are not a bf16 deployment's"}
+        what = (
+            "CPU without avx512_bf16 / AMX" if device.type == "cpu" else "GPU before compute capability 8.0"
+        )
+        return {
+            "bf16": f"bf16 is emulated in software on this {what}: these times are not a bf16 deployment's"
+        }
     return {}
 
 

@@ -160,7 +160,13 @@ def measure_gemm_peak(
         a = torch.randn(size, size, generator=g).to(dev, dtype)
         b = torch.randn(size, size, generator=g).to(dev, dtype)
         return timing.measure(
-            lambda: a @ b, device=dev, warmup_iters=1, warmup_s=0.0, min_iters=k, min_time_s=0.0, max_time_s=30.0
+            lambda: a @ b,
+            device=dev,
+            warmup_iters=1,
+            warmup_s=0.0,
+            min_iters=k,
+            min_time_s=0.0,
+            max_time_s=30.0,
         )
 
     probe = 256
