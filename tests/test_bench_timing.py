@@ -195,3 +195,72 @@ def test_cuda_event_bookkeeping_with_fake_events(monkeypatch: pytest.MonkeyPatch
     assert _FakeEvent.created >= 2 * 70 * 2  # the pool grew past its first block of 64 rounds
     m = measure(fast, device="cuda:0", warmup_iters=0, warmup_s=0, min_iters=5, min_time_s=0)
     assert m.n == 5 and m.timer == "cuda_event" and m.wall_s is not None and m.wall_s >= m.total_s
+
+
+def test_warm_up_of_slow_calls_is_capped() -> None:
+    """Three warm-up calls of a slow model buy nothing the first did not: warmup_max_s ends it after one."""
+    calls: list[int] = []
+
+    def slow() -> None:
+        calls.append(1)
+        time.sleep(0.02)
+
+    m = measure_interleaved(
+        {"a": slow}, warmup_iters=3, warmup_s=0, warmup_max_s=0.01, min_iters=2, min_time_s=0
+    )
+    assert (m["a"].warmup_iters, m["a"].n, len(calls)) == (1, 2, 3)
+    m = measure_interleaved({"a": slow}, warmup_iters=3, warmup_s=0, min_iters=2, min_time_s=0)
+    assert m["a"].warmup_iters == 3  # no cap: the rule as before
+
+
+def test_median_interval_is_distribution_free() -> None:
+    from dde_bench.bench.timing import median_ci_halfwidth
+
+    assert median_ci_halfwidth(np.full(50, 2.0)) == 0.0
+    x = np.arange(1.0, 6.0)  # 5 samples: the interval is the whole range
+    assert median_ci_halfwidth(x) == pytest.approx((5 - 1) / (2 * 3))
+    x = np.arange(1.0, 101.0)  # 100 samples: ranks 50 -+ 9.8 -> x[40] .. x[60]
+    assert median_ci_halfwidth(x) == pytest.approx((61 - 41) / (2 * 50.5))
+
+
+def test_precision_target_spends_time_only_on_noisy_calls() -> None:
+    """rel_ci: a steady pair stops at its minimums; a noisy member makes the group measure on (in chunks) until
+    the target or the cap, and the rows say which ended it."""
+    steady = measure_interleaved(
+        {"a": lambda: None, "b": lambda: None},
+        warmup_iters=1,
+        warmup_s=0,
+        min_iters=10,
+        min_time_s=0,
+        rel_ci=10.0,  # any interval is within 1000%
+    )
+    assert steady["a"].n == 10 and steady["a"].stopped_by == "rule"
+    rng = np.random.default_rng(0)
+
+    def noisy() -> None:
+        time.sleep(rng.choice([0.0005, 0.004]))
+
+    ms = measure_interleaved(
+        {"noisy": noisy, "quiet": sleep_1ms},
+        warmup_iters=1,
+        warmup_s=0,
+        min_iters=10,
+        min_time_s=0,
+        max_time_s=0.5,
+        rel_ci=0.001,  # unreachable for a two-valued call: measures on to the cap
+    )
+    assert ms["noisy"].n == ms["quiet"].n > 10
+    assert ms["noisy"].stopped_by == "max_time" and ms["noisy"].wall_s >= 0.45
+    waits = iter([0.0002, 0.008] * 5 + [0.002] * 10_000)  # wide at first, then steady
+
+    def settles() -> None:
+        time.sleep(next(waits))
+
+    ms = measure_interleaved(
+        {"s": settles}, warmup_iters=0, warmup_s=0, min_iters=10, min_time_s=0, max_time_s=30, rel_ci=0.3
+    )
+    assert (
+        ms["s"].stopped_by == "precision" and 10 < ms["s"].n < 200
+    )  # measured on, then stopped by the target
+    with pytest.raises(ValueError, match="rel_ci"):
+        measure_interleaved({"a": lambda: None}, rel_ci=-1)

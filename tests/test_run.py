@@ -32,12 +32,15 @@ def test_run_every_scenario(use_bench_env, tmp_path, suite):
     # the device's measured matmul rate is recorded, and every timed row's share of it (a GEMM is the easiest
     # dense work there is: no model call beats it by much)
     peak = info["settings"]["gemm_peak"]["fp32"]
-    assert peak["flops_per_s"] > 1e8 and peak["shape"] == [1024, 1024, 1024] and "best of" in peak["method"]
+    assert peak["flops_per_s"] > 1e8 and "best of" in peak["method"]
+    assert peak["shape"][0] in (256, 512, 1024)  # --quick: 1024 at most, smaller where one product is slow
     timed = rows[(rows.status == "ok") & rows.flops_per_item.notna()]
     assert ((timed.gemm_peak_share > 0) & (timed.gemm_peak_share < 2)).all()
     assert (timed.achieved_flops_per_s == timed.flops_per_item * timed.throughput_per_s).all()
     phases = json.loads((run_dir / "phases.json").read_text())
-    assert {"data", "GEMM peak", "online fp32", "cached fp32", "gallery fp32"} <= set(phases)
+    # online and cached are one interleaved group per teacher and batch size (the teacher timed once)
+    assert {"data", "GEMM peak", "online+cached fp32", "gallery fp32"} <= set(phases)
+    assert "cached fp32" not in phases
     assert list(pd.read_csv(run_dir / "results.csv").columns[: len(COLUMNS)]) == list(COLUMNS)
     ok = rows[rows.status == "ok"]
     for scenario in ("online", "cached"):
@@ -49,6 +52,16 @@ def test_run_every_scenario(use_bench_env, tmp_path, suite):
                 assert r.latency_p50_ms > 0 and r.throughput_per_s > 0 and r.flops_per_item > 0
                 assert r.n_samples >= 3
                 assert pd.isna(r.accuracy)  # random weights: accuracy is not measured, never invented
+    # the teacher's call is the same in both scenarios: one measurement, two rows that say so
+    samples = {}
+    for line in (run_dir / "results.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["model"] == "rt-teacher" and r["scenario"] in ("online", "cached") and r["dtype"] == "fp32":
+            samples[(r["scenario"], r["batch_size"])] = r[RAW_SAMPLES_KEY]
+            assert "one timed call for online and cached" in r["note"]
+    assert (
+        samples[("online", 1)] == samples[("cached", 1)] and samples[("online", 4)] == samples[("cached", 4)]
+    )
     # the reference row runs online only, with the teacher's weights
     assert set(ok[ok.model == "rt-hf"].scenario) == {"online"}
     student_cached = ok[(ok.model == "rt-student") & (ok.scenario == "cached")]

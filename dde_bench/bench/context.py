@@ -24,29 +24,43 @@ from dde_bench.bench.workload import DTYPES, Entry, Workload, inputs, plain_name
 from dde_bench.cards import ModelCard, SuiteCard
 
 QUICK_GALLERY_SIZES = [10, 100, 1000, 10000]
+# the default run measures a group on until each median's 95% interval is within 2% of it (ratios of two such
+# medians: about +-3%), up to the time cap
+DEFAULT_REL_CI = 0.02
 GALLERY_SIZES = [10, 100, 1000, 10000, 100000]
 
 
 @dataclass(frozen=True)
 class TimingRule:
-    """Warm up for ``warmup_iters`` calls and ``warmup_s`` seconds, then time until both ``min_iters`` calls and
-    ``min_time_s`` seconds are reached (at most ``max_time_s``)."""
+    """Warm up for ``warmup_iters`` calls and ``warmup_s`` seconds (or until ``warmup_max_s`` has passed after at
+    least one call), then time until both ``min_iters`` calls and ``min_time_s`` seconds are reached, and on
+    until every median's 95% interval is within ``rel_ci`` of it (0: off), at most ``max_time_s``
+    (:func:`dde_bench.bench.timing.measure_interleaved`). Tight measurements stop at the minimums; time goes
+    to the noisy ones."""
 
     min_iters: int
     min_time_s: float
     warmup_iters: int
     warmup_s: float
     max_time_s: float = 60.0
+    warmup_max_s: float | None = None  # None: no cap
+    rel_ci: float = 0.0
 
     @classmethod
     def default(
-        cls, quick: bool, min_iters: int | None = None, min_time_s: float | None = None
+        cls,
+        quick: bool,
+        min_iters: int | None = None,
+        min_time_s: float | None = None,
+        rel_ci: float | None = None,
     ) -> TimingRule:
         return cls(
             min_iters=min_iters or (5 if quick else 10),
-            min_time_s=min_time_s if min_time_s is not None else (0.3 if quick else 1.0),
+            min_time_s=min_time_s if min_time_s is not None else 0.3 if quick else 0.5,
             warmup_iters=2 if quick else 3,
             warmup_s=0.05 if quick else 0.2,
+            warmup_max_s=1.0 if quick else 2.0,
+            rel_ci=rel_ci if rel_ci is not None else 0.0 if quick else DEFAULT_REL_CI,
         )
 
     def to_dict(self) -> dict:
@@ -256,10 +270,12 @@ class RunContext:
         dtype: str,
         measure: Callable[[], Rows],
         gallery: int | None = None,
+        slots: list[tuple[Entry, str]] | None = None,
     ) -> None:
         """Write the rows ``measure()`` returns. Out of memory, or a runtime error inside torch, ends this sweep
         point only: every member gets a row with status "oom" / "error" and the first line of the message, and
-        the sweep goes on. Anything else (a bug, a user error, Ctrl-C) propagates."""
+        the sweep goes on. Anything else (a bug, a user error, Ctrl-C) propagates. ``slots`` (entry, scenario)
+        are the rows of a measurement that spans scenarios (default: each member in ``scenario``)."""
         try:
             rows = measure()
         except Exception as exc:  # noqa: BLE001 - recorded per row, the sweep goes on
@@ -269,8 +285,8 @@ class RunContext:
             status = "oom" if is_oom(exc) else "error"
             message = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
             rows = [
-                (dict(self.base_row(e, scenario, size, dtype, gallery), status=status, error=message), None)
-                for e in members
+                (dict(self.base_row(e, scen, size, dtype, gallery), status=status, error=message), None)
+                for e, scen in (slots or [(e, scenario) for e in members])
             ]
         for row, samples in rows:
             if match_key(row) not in self.done:

@@ -66,6 +66,9 @@ class RunConfig:
     cache_root: Path = field(default_factory=paths.cache_root)
     min_iters: int | None = None
     min_time_s: float | None = None
+    rel_ci: float | None = (
+        None  # measure on until each median's 95% interval is within this fraction (0: off)
+    )
     compile: str | None = (
         None  # a torch.compile backend ("inductor") adds `@compiled` variants (online, cached)
     )
@@ -118,6 +121,8 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         raise UserError(f"--min-iters must be at least 1, got {cfg.min_iters}")
     if cfg.min_time_s is not None and not cfg.min_time_s >= 0:  # (NaN too)
         raise UserError(f"--min-time must be 0 or more seconds, got {cfg.min_time_s}")
+    if cfg.rel_ci is not None and not 0 <= cfg.rel_ci < 1:
+        raise UserError(f"--rel-ci must be a fraction in [0, 1) (0 = off), got {cfg.rel_ci}")
     if cfg.store_shard_size < 1:
         raise UserError(f"store shard size must be at least 1, got {cfg.store_shard_size}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -134,7 +139,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         sizes_from_command_line=bool(cfg.batch_sizes),
         gallery_from_command_line=bool(cfg.gallery_sizes),
         teacher_gallery_budget_s=budget,
-        rule=TimingRule.default(cfg.quick, cfg.min_iters, cfg.min_time_s),
+        rule=TimingRule.default(cfg.quick, cfg.min_iters, cfg.min_time_s, cfg.rel_ci),
         threads=cfg.threads or (os.cpu_count() or 1),
         seed=cfg.seed,
         compile=cfg.compile,
@@ -216,7 +221,10 @@ class Runner:
                     ctx.accuracy = self._accuracy(ctx, models, dtype)
                 with _progress(console) as progress:
                     for name in plan.scenarios:
-                        with phases(f"{name} {dtype}"):
+                        label = scenarios.phase_label(registry[name], plan)
+                        if label is None:
+                            continue  # measured by another scenario of this plan
+                        with phases(f"{label} {dtype}"):
                             registry[name].run(ctx, models, dtype, progress)
             print_summary(writer.rows, console)
         phases.write(plan.run_dir / "phases.json")

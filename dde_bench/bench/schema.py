@@ -119,6 +119,9 @@ COLUMNS = (
     "loadgen_log_dir",  # RUN-relative folder of the row's LoadGen logs (summary, detail, accuracy)
     "serving_profile",  # quick | mlperf: where the suite's serving block left a setting unset
     "qps_search_budget_s",
+    # what ended the row's timing: rule (its minimums) | precision (measured on until the --rel-ci target) |
+    # max_time | max_iters (a cap, before the minimums or the precision target were met)
+    "stopped_by",
 )
 
 # the name reports show for speedup_flop_bound (the column keeps its name)

@@ -6,6 +6,15 @@ The rule (what torch.utils.benchmark, pytest-benchmark and nvbench agree on):
 * then measure until **both** ``min_iters`` calls and ``min_time_s`` seconds are reached;
 * never beyond the caps ``max_iters`` / ``max_time_s`` (a capped run says so in ``Measurement.stopped_by``).
 
+Two refinements spend time where it buys precision (both off unless asked for):
+
+* ``warmup_max_s``: the warm-up also ends once it has run that long (at least one round): three warm-up calls of a
+  15-second model buy nothing the first did not (allocations, kernel selection, caches happen on the first call);
+* ``rel_ci``: after the minimums, measuring goes on (in chunks, to the caps) until the 95% confidence interval of
+  every callable's median (distribution-free, from order statistics) is within ``rel_ci`` of that median, so a
+  tight measurement stops at its minimums and a noisy one gets more samples (``stopped_by`` says "precision"
+  when the target ended it, "max_time" when the cap did before the target was met).
+
 CPU calls are timed with ``time.perf_counter`` around each call. CUDA calls are timed with a pair of
 ``torch.cuda.Event(enable_timing=True)`` recorded on the current stream around each call and read out after
 **one** ``torch.cuda.synchronize`` at the end: the host never waits inside the loop, so the GPU queue stays
@@ -131,6 +140,7 @@ class Measurement:
             "latency_mean_ms": self.mean_s * 1e3,
             "n_samples": self.n,
             "throughput_per_s": self.throughput_per_s,
+            "stopped_by": self.stopped_by,
         }
 
     def __repr__(self) -> str:
@@ -150,8 +160,15 @@ def _check_rule(
         raise ValueError(f"need min_time_s >= 0 ({min_time_s}) and max_time_s > 0 ({max_time_s})")
 
 
-def _warm_up(fns: list[Callable[[], Any]], device: torch.device, warmup_iters: int, warmup_s: float) -> int:
-    """Call every fn (interleaved) until both ``warmup_iters`` rounds and ``warmup_s`` seconds are done.
+def _warm_up(
+    fns: list[Callable[[], Any]],
+    device: torch.device,
+    warmup_iters: int,
+    warmup_s: float,
+    warmup_max_s: float | None = None,
+) -> int:
+    """Call every fn (interleaved) until both ``warmup_iters`` rounds and ``warmup_s`` seconds are done, or (after
+    at least one round) ``warmup_max_s`` seconds have passed.
 
     Capped at 100x ``warmup_iters`` + 1000 rounds so a no-op cannot spin for long; returns the round count.
     """
@@ -159,6 +176,8 @@ def _warm_up(fns: list[Callable[[], Any]], device: torch.device, warmup_iters: i
     start = time.perf_counter()
     rounds = 0
     while rounds < cap and (rounds < warmup_iters or time.perf_counter() - start < warmup_s):
+        if warmup_max_s is not None and rounds >= 1 and time.perf_counter() - start >= warmup_max_s:
+            break
         for fn in fns:
             fn()
         rounds += 1
@@ -173,6 +192,20 @@ def _stopped_by(n: int, elapsed: float, min_iters: int, min_time_s: float, max_i
     if n >= min_iters and elapsed >= min_time_s:
         return "rule"
     return "max_iters" if n >= max_iters else "max_time"
+
+
+def median_ci_halfwidth(samples: np.ndarray) -> float:
+    """Half the width of a distribution-free 95% confidence interval of the median, relative to the median:
+    the order statistics at ranks n/2 -+ 0.98 sqrt(n) (the normal approximation of the binomial), clamped to the
+    sample's extremes (so fewer than ~6 samples give the full range)."""
+    x = np.sort(np.asarray(samples, dtype=np.float64))
+    n = x.size
+    med = float(np.median(x))
+    if n == 0 or med <= 0:
+        return float("inf")
+    lo = max(int(np.floor(n / 2 - 0.98 * np.sqrt(n))), 0)
+    hi = min(int(np.ceil(n / 2 + 0.98 * np.sqrt(n))), n - 1)
+    return float(x[hi] - x[lo]) / (2 * med)
 
 
 def measure(
@@ -302,6 +335,37 @@ def _loop_cuda(
     return per_fn, elapsed, wall
 
 
+def _loop_cpu(
+    fns: Mapping[str, Callable[[], Any]],
+    min_iters: int,
+    min_time_s: float,
+    max_iters: int,
+    max_time_s: float,
+) -> tuple[dict[str, np.ndarray], float, float]:
+    """Interleaved perf_counter loop: rounds of one call each, a timestamp pair around every call."""
+    names = list(fns)
+    perf = time.perf_counter
+    calls = [fns[k] for k in names]
+    outs: list[list[float]] = [[] for _ in names]
+    appends = [o.append for o in outs]
+    pairs = list(zip(calls, appends, strict=True))
+    start = perf()
+    n = 0
+    elapsed = 0.0
+    while True:
+        for fn, append in pairs:
+            t0 = perf()
+            fn()
+            t1 = perf()
+            append(t1 - t0)
+        n += 1
+        elapsed = perf() - start
+        if (n >= min_iters and elapsed >= min_time_s) or n >= max_iters or elapsed >= max_time_s:
+            break
+    per_fn = {name: np.asarray(o) for name, o in zip(names, outs, strict=True)}
+    return per_fn, elapsed, elapsed
+
+
 def measure_interleaved(
     fns: Mapping[str, Callable[[], Any]],
     *,
@@ -313,6 +377,8 @@ def measure_interleaved(
     min_time_s: float = MIN_TIME_S,
     max_iters: int = MAX_ITERS,
     max_time_s: float = MAX_TIME_S,
+    warmup_max_s: float | None = None,
+    rel_ci: float = 0.0,
     window: AbstractContextManager[Any] | None = None,
 ) -> dict[str, Measurement]:
     """Time several callables in rounds, A B A B ..., in one process, and return one Measurement each.
@@ -322,9 +388,14 @@ def measure_interleaved(
     seconds, or at a cap. Slow drifts of the machine (thermal, other tenants) hit all callables alike,
     so ratios of their medians (see ``stats.speedup``) survive noise that absolute times do not.
     Warm-up is interleaved the same way. ``items_per_call`` may be one int or one per name.
+    ``rel_ci`` > 0 goes on after the minimums, in chunks of a quarter of the rounds so far, until every median's
+    95% interval is within ``rel_ci`` of it (:func:`median_ci_halfwidth`) or a cap is reached; ``warmup_max_s``
+    bounds the warm-up of slow calls (module docstring).
     """
     if not fns:
         raise ValueError("measure_interleaved needs at least one callable")
+    if not rel_ci >= 0:
+        raise ValueError(f"rel_ci must be 0 (off) or a positive fraction, got {rel_ci}")
     dev = torch.device(device)
     _check_rule(warmup_iters, min_iters, max_iters, min_time_s, max_time_s)
     names = list(fns)
@@ -333,33 +404,37 @@ def measure_interleaved(
         if isinstance(items_per_call, int)
         else {name: int(items_per_call[name]) for name in names}
     )
-    rounds = _warm_up([fns[k] for k in names], dev, warmup_iters, warmup_s)
-    with window if window is not None else nullcontext():
+    rounds = _warm_up([fns[k] for k in names], dev, warmup_iters, warmup_s, warmup_max_s)
+
+    def chunk(n_min: int, t_min: float, n_max: int, t_max: float):
         if dev.type == "cuda":
-            per_fn, elapsed, wall = _loop_cuda(fns, dev, min_iters, min_time_s, max_iters, max_time_s)
-            timer = "cuda_event"
-        else:
-            perf = time.perf_counter
-            calls = [fns[k] for k in names]
-            outs: list[list[float]] = [[] for _ in names]
-            appends = [o.append for o in outs]
-            pairs = list(zip(calls, appends, strict=True))
-            start = perf()
-            n = 0
-            elapsed = 0.0
-            while True:
-                for fn, append in pairs:
-                    t0 = perf()
-                    fn()
-                    t1 = perf()
-                    append(t1 - t0)
-                n += 1
-                elapsed = perf() - start
-                if (n >= min_iters and elapsed >= min_time_s) or n >= max_iters or elapsed >= max_time_s:
-                    break
-            per_fn = {name: np.asarray(o) for name, o in zip(names, outs, strict=True)}
-            wall = elapsed
-            timer = "perf_counter"
+            return _loop_cuda(fns, dev, n_min, t_min, n_max, t_max)
+        return _loop_cpu(fns, n_min, t_min, n_max, t_max)
+
+    def precise(per: dict[str, np.ndarray]) -> bool:
+        return all(median_ci_halfwidth(v) <= rel_ci for v in per.values())
+
+    with window if window is not None else nullcontext():
+        per_fn, elapsed, wall = chunk(min_iters, min_time_s, max_iters, max_time_s)
+        stopped = None
+        extended = False
+        while rel_ci > 0:
+            n = len(per_fn[names[0]])
+            if precise(per_fn):
+                stopped = "precision" if extended else None
+                break
+            if n >= max_iters:
+                stopped = "max_iters"
+                break
+            if wall >= max_time_s:
+                stopped = "max_time"
+                break
+            k = min(max(n // 4, 1), max_iters - n)
+            more, e2, w2 = chunk(k, 0.0, k, max_time_s - wall)
+            per_fn = {name: np.concatenate([per_fn[name], more[name]]) for name in names}
+            elapsed, wall = wall + e2, wall + w2
+            extended = True
+    timer = "cuda_event" if dev.type == "cuda" else "perf_counter"
     threads = torch.get_num_threads()
     result: dict[str, Measurement] = {}
     for name in names:
@@ -372,7 +447,7 @@ def measure_interleaved(
             timer=timer,
             threads=threads,
             warmup_iters=rounds,
-            stopped_by=_stopped_by(int(s.size), elapsed, min_iters, min_time_s, max_iters),
+            stopped_by=stopped or _stopped_by(int(s.size), elapsed, min_iters, min_time_s, max_iters),
             wall_s=wall,
             metadata={"interleaved_with": [k for k in names if k != name]},
         )

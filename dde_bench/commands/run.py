@@ -68,6 +68,12 @@ def run_cmd(
     min_time: float = typer.Option(
         None, "--min-time", help="minimum measured seconds per row (with --min-iters)"
     ),
+    rel_ci: float = typer.Option(
+        None,
+        "--rel-ci",
+        help="after the minimums, measure a group on until every median's 95% interval is within this fraction "
+        "of it (default 0.02; --quick: 0 = off), at most the time cap",
+    ),
     min_iters: int = typer.Option(None, "--min-iters", help="minimum timed calls per row"),
     report: bool = typer.Option(True, help="render the report at the end"),
     compile: bool = typer.Option(
@@ -111,6 +117,7 @@ def run_cmd(
         threads=threads,
         seed=seed,
         min_time_s=min_time,
+        rel_ci=rel_ci,
         min_iters=min_iters,
         compile=compile_backend if compile else None,
         keep_stores=keep_stores,

@@ -6,12 +6,16 @@ A scenario measures every entry of a run for one dtype and writes its rows throu
         name: str                       # the --scenarios name, and the rows' `scenario` column
         def run(self, ctx: RunContext, entries: list[Entry], dtype: str, progress: Progress) -> None: ...
 
+A scenario may also define ``label(plan) -> str | None``: the name of its phase in the run's timing of phases, or
+None when another scenario measures it in this plan (``cached`` beside ``online``).
+
 Every module of this package that defines ``SCENARIOS`` (a tuple of scenario objects) is found by
 :func:`registry`, so a new scenario is one new file. The shipped ones:
 
   online   (batched.py)  every call brings raw images and text; the student runs both towers.
   cached   (batched.py)  image features were computed once; the student runs the text tower, fusion MLP and head.
                          The teacher cannot cache: its row runs the full model (the baseline it is compared with).
+                         With online in the same run, both are one interleaved group (the teacher timed once).
   gallery  (gallery.py)  one text scored against N cached images read from an on-disk feature store; the
                          teacher runs N joint passes.
 """
@@ -44,6 +48,12 @@ def registry() -> dict[str, Scenario]:
         for s in getattr(importlib.import_module(f"{__name__}.{mod}"), "SCENARIOS", ()):
             found[s.name] = s
     return found
+
+
+def phase_label(scenario: Scenario, plan) -> str | None:
+    """The phase name of ``scenario`` in ``plan`` (see the module docstring); its name by default."""
+    label = getattr(scenario, "label", None)
+    return label(plan) if label is not None else scenario.name
 
 
 def names() -> list[str]:

@@ -4,12 +4,15 @@ interleaved (A B A B ...) at every batch size.
 A row holds latency statistics from raw samples, throughput, FLOPs per item and utilisation, memory and energy
 (own passes), each stage's time, and for students and reference rows the speedup over the teacher with its
 bootstrap interval and FLOP ratio. With ``--compile`` every teacher and student also gets a ``MODEL@compiled``
-row, whose output is checked against the plain path before it is timed.
+row, whose output is checked against the plain path before it is timed. A run with both scenarios measures them in
+one interleaved group per teacher and batch size: the teacher's call is the same in both, so it is timed once
+(its two rows share those samples and say so), and each student's online and cached forms are compared with it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -17,7 +20,7 @@ import torch
 
 from dde_bench.bench import timing
 from dde_bench.bench.context import Rows, RunContext
-from dde_bench.bench.flops import count_flops, model_flop_utilisation
+from dde_bench.bench.flops import model_flop_utilisation
 from dde_bench.bench.guard import is_oom
 from dde_bench.bench.stats import speedup
 from dde_bench.bench.trackers import memory_energy
@@ -48,117 +51,176 @@ def vs_plain(meas: dict, variant: str, seed: int) -> dict:
 class BatchedScenario:
     name: str  # online | cached
 
+    def label(self, plan) -> str | None:
+        """online+cached when the run has both (measured together, by online), else the name."""
+        if {"online", "cached"} <= set(plan.scenarios):
+            return "online+cached" if self.name == "online" else None
+        return self.name
+
     def run(self, ctx: RunContext, entries: list[Entry], dtype: str, progress) -> None:
+        """Measure every teacher's group at every batch size. When the run has both ``online`` and ``cached``,
+        the online pass measures both in one interleaved group per teacher and batch size (the teacher's call is
+        the same in both, so it is timed once and both student forms are compared with the same samples), and
+        the cached pass has nothing left to do."""
         plan = ctx.plan
-        for teacher, members in comparison_groups(entries, self.name):
-            if plan.compile:
-                # transformers' reference row stays eager: it is a reference, not a contender
-                names = {f"{e.name}@compiled" for e in members if e.kind != "hf-vilt"}
-                members = members + [
-                    compiled_variant(e, plan.compile, names) for e in members if e.kind != "hf-vilt"
-                ]
-            for batch in plan.batch_sizes_for(teacher or members[0]):
-                if all(ctx.is_done(e, self.name, batch, dtype) for e in members):
+        both = {"online", "cached"} <= set(plan.scenarios)
+        if both and self.name == "cached":
+            return  # measured with online
+        scenarios = ("online", "cached") if both else (self.name,)
+        # each group is keyed by its first member: the teacher, or a student measured without one
+        groups = {s: {ms[0].name: ms for ms in _with_variants(entries, s, plan)} for s in scenarios}
+        for lead, members in groups[scenarios[0]].items():
+            slots = {s: groups[s].get(lead, []) for s in scenarios}
+            for batch in plan.batch_sizes_for(members[0]):
+                if all(ctx.is_done(e, s, batch, dtype) for s, es in slots.items() for e in es):
                     continue
-                label = f"{self.name} b={batch} {dtype}: " + ", ".join(e.name for e in members)
+                names = list(dict.fromkeys(e.name for es in slots.values() for e in es))
+                label = f"{'+'.join(scenarios)} b={batch} {dtype}: " + ", ".join(names)
                 task = progress.add_task(label, total=None)
                 ctx.record(
-                    members, self.name, batch, dtype, partial(self.measure, ctx, members, batch, dtype)
+                    members,
+                    self.name,
+                    batch,
+                    dtype,
+                    partial(self.measure, ctx, slots, batch, dtype),
+                    slots=[(e, s) for s, es in slots.items() for e in es],
                 )
                 progress.remove_task(task)
 
     @torch.inference_mode()
-    def measure(self, ctx: RunContext, members: list[Entry], batch: int, dtype_name: str) -> Rows:
+    def measure(self, ctx: RunContext, slots: dict[str, list[Entry]], batch: int, dtype_name: str) -> Rows:
+        """One interleaved measurement of every (entry, scenario) in ``slots``; rows for each. Only a student's
+        call depends on the scenario (cached: against precomputed image features), so every other entry is one
+        callable, timed once, whose row is written for each scenario it belongs to."""
         dtype, seed, device = DTYPES[dtype_name], ctx.seed, ctx.device
-        x = {e.name: inputs(e, ctx.workload, batch, device, dtype, seed) for e in members}
-        plain = [e for e in members if not e.compile]
-        fns = {e.name: scenario_call(e, self.name, x[e.name]) for e in plain}
-        flops = {n: count_flops(fn) / batch for n, fn in fns.items()}
-        compiled, failed = self.compile_group(ctx, [e for e in members if e.compile], x, fns, dtype)
-        fns.update({n: c["fn"] for n, c in compiled.items()})
-        flops.update({n: flops[plain_name(n)] for n in compiled})  # the same arithmetic, compiled
+        everyone = {e.name: e for es in slots.values() for e in es}
+        x = {name: inputs(e, ctx.workload, batch, device, dtype, seed) for name, e in everyone.items()}
+        fns, pairs = {}, {}
+        for s, members in slots.items():
+            for e in members:
+                k = _key(e, s)
+                if e.compile:
+                    pairs.setdefault(k, (e, s))
+                elif k not in fns:
+                    fns[k] = scenario_call(e, s, x[e.name])
+        compiled, failed = self.compile_group(ctx, list(pairs.values()), x, fns, dtype)
+        fns.update({k: c["fn"] for k, c in compiled.items()})
         rule = ctx.plan.rule
-        overrides = [e.min_iters for e in members if e.min_iters]
+        overrides = [e.min_iters for e in everyone.values() if e.min_iters]
         if overrides:
             rule = rule.replace(min_iters=min(overrides))
-        meas = timing.measure_interleaved(fns, device=device, items_per_call=batch, **rule.to_dict())
-        for name, m in meas.items():
-            ctx.per_item_s[(name, dtype_name)] = m.median_s / batch
+        timed = timing.measure_interleaved(fns, device=device, items_per_call=batch, **rule.to_dict())
+        for e in everyone.values():
+            if e.kind != "student" and e.name in timed:  # what the gallery's teacher estimates start from
+                ctx.per_item_s[(e.name, dtype_name)] = timed[e.name].median_s / batch
+        # memory and FLOPs of each call in one instrumented pass of its own, after the timed window; a compiled
+        # variant does the same arithmetic as its plain model (and is not instrumented: that would retrace it)
+        profiled = {}
+        for s, members in slots.items():
+            for e in members:
+                k = _key(e, s)
+                if k in fns and k not in profiled:
+                    profiled[k] = memory_energy(
+                        fns[k], device, batch, scenario_modules(e, s), not e.compile, not e.compile
+                    )
+        flops = {k: p.pop("flops_per_call") / batch for k, p in profiled.items() if "flops_per_call" in p}
+        for k in compiled:
+            flops[k] = flops[_plain_key(k)]
+        joint = len(slots) > 1
+        stage_ms: dict[str, dict] = {}  # a student's stages are measured once for both scenarios
         out: Rows = []
-        for e in members:
-            row = ctx.base_row(e, self.name, batch, dtype_name)
-            if e.name in failed:
-                row.update(status="error", error=failed[e.name])
-                out.append((row, None))
-                continue
-            m = meas[e.name]
-            row.update(m.to_row())
-            row.update(
-                status="ok",
-                flops_per_item=flops[e.name],
-                flop_utilisation=model_flop_utilisation(flops[e.name], m.throughput_per_s, device, dtype),
-                **ctx.utilisation(flops[e.name], m.throughput_per_s, dtype_name),
-            )
-            row.update(
-                memory_energy(fns[e.name], device, batch, scenario_modules(e, self.name), not e.compile)
-            )
-            row["stage_ms"] = None if e.compile else self.stages(ctx, e, x[e.name], m)
-            if e.teacher in meas and e.teacher != e.name:
-                s = speedup(meas[e.teacher].samples_s, m.samples_s, seed=seed)
+        for s, members in slots.items():
+            meas = {e.name: timed[_key(e, s)] for e in members if _key(e, s) in timed}
+            for e in members:
+                k = _key(e, s)
+                row = ctx.base_row(e, s, batch, dtype_name)
+                if k in failed:
+                    row.update(status="error", error=failed[k])
+                    out.append((row, None))
+                    continue
+                m = meas[e.name]
+                row.update(m.to_row())
                 row.update(
-                    speedup_vs_teacher=s.ratio,
-                    speedup_ci_low=s.ci_low,
-                    speedup_ci_high=s.ci_high,
-                    speedup_flop_bound=flops[e.teacher] / flops[e.name] if flops[e.name] else None,
+                    status="ok",
+                    flops_per_item=flops[k],
+                    flop_utilisation=model_flop_utilisation(flops[k], m.throughput_per_s, device, dtype),
+                    **ctx.utilisation(flops[k], m.throughput_per_s, dtype_name),
                 )
-            if e.compile:
-                row.update(
-                    vs_plain(meas, e.name, seed),
-                    compile_s=compiled[e.name]["compile_s"],
-                    max_abs_diff_vs_plain=compiled[e.name]["max_abs_diff"],
-                )
-            if e.kind == "student" and self.name == "cached":
-                row.update(ctx.features.cost(e, dtype_name))
-            out.append((row, m.samples_ms))
+                row.update(profiled[k])
+                if e.compile:
+                    row["stage_ms"] = None
+                else:
+                    if e.name not in stage_ms:
+                        stage_ms[e.name] = self.stages(ctx, e, x[e.name], m, image="online" in slots)
+                    row["stage_ms"] = _stages_of(stage_ms[e.name], s)
+                if joint and e.kind == "teacher":
+                    row["note"] = "; ".join(
+                        n for n in (row.get("note"), f"one timed call for {' and '.join(slots)}") if n
+                    )
+                if e.teacher in meas and e.teacher != e.name:
+                    t = meas[e.teacher]
+                    sp = speedup(t.samples_s, m.samples_s, seed=seed)
+                    row.update(
+                        speedup_vs_teacher=sp.ratio,
+                        speedup_ci_low=sp.ci_low,
+                        speedup_ci_high=sp.ci_high,
+                        speedup_flop_bound=flops[_key(everyone[e.teacher], s)] / flops[k]
+                        if flops[k]
+                        else None,
+                    )
+                if e.compile:
+                    row.update(
+                        vs_plain(meas, e.name, seed),
+                        compile_s=compiled[k]["compile_s"],
+                        max_abs_diff_vs_plain=compiled[k]["max_abs_diff"],
+                    )
+                if e.kind == "student" and s == "cached":
+                    row.update(ctx.features.cost(e, dtype_name))
+                out.append((row, m.samples_ms))
         return out
 
-    def compile_group(self, ctx: RunContext, entries: list[Entry], x: dict, plain_fns: dict, dtype):
-        """Compile each ``@compiled`` entry's call and check its output against the plain path on the same
-        inputs (fp32: 1e-4; bf16/fp16: 3e-2, absolute and relative). Returns ({name: {fn, compile_s,
-        max_abs_diff}}, {name: error}): a call that fails to compile or disagrees becomes an error row."""
-        if not entries:
+    def compile_group(self, ctx: RunContext, pairs: list[tuple[Entry, str]], x: dict, plain_fns: dict, dtype):
+        """Compile each ``@compiled`` entry's call in its scenario and check its output against the plain path on
+        the same inputs (fp32: 1e-4; bf16/fp16: 3e-2, absolute and relative). Returns ({key: {fn, compile_s,
+        max_abs_diff}}, {key: error}), keyed like the measured calls (:func:`_key`): a call that fails to compile
+        or disagrees becomes an error row."""
+        if not pairs:
             return {}, {}
         from torch import _dynamo
 
         _dynamo.reset()  # a fresh cache per group: recompile limits never turn a call silently eager
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         done, failed = {}, {}
-        for e in entries:
+        for e, scenario in pairs:
+            k = _key(e, scenario)
             try:
-                fn = scenario_call(e, self.name, x[e.name])
+                fn = scenario_call(e, scenario, x[e.name])
                 t0 = time.perf_counter()
                 out = fn()  # compiles
                 sync(ctx.device)
                 compile_s = time.perf_counter() - t0
-                ref = plain_fns[plain_name(e.name)]()
+                ref = plain_fns[_plain_key(k)]()
                 diff = float((out.float() - ref.float()).abs().max()) if out.numel() else 0.0
                 torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
             except AssertionError:
-                failed[e.name] = f"compiled output differs from the plain path (max abs diff {diff:.3g})"
+                failed[k] = f"compiled output differs from the plain path (max abs diff {diff:.3g})"
                 continue
             except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for inductor: an error row
                 if is_oom(exc):
                     raise
                 msg = " ".join(str(exc).split())[:300]
-                failed[e.name] = f"torch.compile failed: {type(exc).__name__}: {msg}"
-                ctx.console.print(f"[yellow]{e.name}[/]: {failed[e.name]}")
+                failed[k] = f"torch.compile failed: {type(exc).__name__}: {msg}"
+                ctx.console.print(f"[yellow]{e.name}[/]: {failed[k]}")
                 continue
-            done[e.name] = {"fn": fn, "compile_s": compile_s, "max_abs_diff": diff}
+            done[k] = {"fn": fn, "compile_s": compile_s, "max_abs_diff": diff}
         return done, failed
 
-    def stages(self, ctx: RunContext, e: Entry, x: dict, whole: timing.Measurement) -> dict:
+    def stages(
+        self, ctx: RunContext, e: Entry, x: dict, whole: timing.Measurement, image: bool = True
+    ) -> dict:
         """Median time of each stage of one call, measured stage by stage (milliseconds). The teacher is one
-        joint stage; a cached student has no image tower stage."""
+        joint stage; a student's stages are its image tower (``image``: for online rows), text tower and fusion
+        + head (a cached row shows the last two: it has no image tower stage)."""
         if e.kind != "student":
             return {"joint": whole.median_s * 1e3}
         m = e.model
@@ -169,10 +231,38 @@ class BatchedScenario:
             "text_tower": lambda: m.encode_text(x["input_ids"], x["attention_mask"]),
             "fusion_head": lambda: m.score(text, img),
         }
-        if self.name == "online":
+        if image:
             stages = {"image_tower": lambda: m.encode_images(x["pixel_values"], x["pixel_mask"]), **stages}
         res = timing.measure_interleaved(stages, device=ctx.device, **rule)
         return {k: v.median_s * 1e3 for k, v in res.items()}
+
+
+def _stages_of(stages: dict, scenario: str) -> dict:
+    """A row's stages: a cached student runs no image tower."""
+    return {k: v for k, v in stages.items() if not (scenario == "cached" and k == "image_tower")}
+
+
+def _key(e: Entry, scenario: str) -> str:
+    """The measured call of ``e`` in ``scenario``: a student's depends on it, every other entry's does not."""
+    return f"{e.name}|{scenario}" if e.kind == "student" else e.name
+
+
+def _plain_key(key: str) -> str:
+    """The key of the plain model's call that a variant's call ``key`` is checked and compared against."""
+    name, sep, scenario = key.partition("|")
+    return plain_name(name) + sep + scenario
+
+
+def _with_variants(entries: list[Entry], scenario: str, plan) -> Iterator[list[Entry]]:
+    """Each comparison group of ``scenario`` (see ``comparison_groups``), with its ``@compiled`` variants."""
+    for _, members in comparison_groups(entries, scenario):
+        if plan.compile:
+            # transformers' reference row stays eager: it is a reference, not a contender
+            names = {f"{e.name}@compiled" for e in members if e.kind != "hf-vilt"}
+            members = members + [
+                compiled_variant(e, plan.compile, names) for e in members if e.kind != "hf-vilt"
+            ]
+        yield members
 
 
 SCENARIOS = (BatchedScenario("online"), BatchedScenario("cached"))
