@@ -251,3 +251,26 @@ def test_report_of_rows_without_memory(tmp_path: Path) -> None:
     render_report([run], tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "peak memory n/a" in md and "skipped: no memory measured" in md
+
+
+def test_environment_shows_cpu_features_gemm_peak_and_phases(tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from dde_bench.report.load import Run
+    from dde_bench.report.tables import env_table
+
+    (tmp_path / "phases.json").write_text(json.dumps({"data": 1.2, "online+cached fp32": 61.0}))
+    info = {
+        "settings": {"seed": 0, "gemm_peak": {"fp32": {"flops_per_s": 5.0e10, "shape": [2048, 2048, 2048]}}},
+        "environment": {"cpu_features": ["avx2", "fma"], "native_bf16": False},
+    }
+    run = Run(info=info, rows=pd.DataFrame({"dtype": ["fp32"]}), path=tmp_path)
+    table = env_table([run]).set_index("")
+    col = table.columns[0]
+    assert table.loc["CPU features", col] == "avx2, fma" and table.loc["native bf16", col] == "False"
+    assert table.loc["GEMM peak", col] == "fp32 50 GFLOP/s (2048^3)"
+    assert table.loc["time per phase", col] == "data 1 s, online+cached fp32 61 s (total 62 s)"
+    old = Run(info={"settings": {}}, rows=pd.DataFrame({"dtype": ["fp32"]}), path=tmp_path / "none")
+    assert env_table([old]).set_index("").loc["time per phase"].iloc[0] == "n/a"  # older runs: not measured

@@ -9,6 +9,7 @@ words). The column ``speedup_flop_bound`` is shown as the FLOP ratio (schema.FLO
 from __future__ import annotations
 
 import html
+import json
 from typing import Any
 
 import numpy as np
@@ -334,6 +335,7 @@ FULL_COLUMNS = {
     "energy_j_per_item": "J/item",
     "speedup_vs_teacher": "speedup [95% CI]",
     "speedup_flop_bound": FLOP_RATIO_LABEL,
+    "gemm_peak_share": "% of GEMM peak",
     "cache_build_s": "cache build s",
 }
 _TAIL_STATS = {"latency_iqr_ms": "iqr", "latency_p90_ms": "p90", "latency_p99_ms": "p99"}
@@ -376,6 +378,8 @@ def full_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
                 )
             elif col == "speedup_flop_bound":
                 rec[label] = fixed(v, 1, "x")
+            elif col == "gemm_peak_share":  # achieved FLOP/s over this device's measured matmul rate
+                rec[label] = NA if is_missing(v) else f"{100 * float(v):.0f}"
             else:
                 rec[label] = sig(v)
         recs.append(rec)
@@ -447,6 +451,8 @@ ENV_KEYS = (
     ("gpu", "GPU"),
     ("driver", "driver"),
     ("cpu", "CPU"),
+    ("cpu_features", "CPU features"),
+    ("native_bf16", "native bf16"),
     ("threads", "threads"),
     ("torch", "torch"),
     ("transformers", "transformers"),
@@ -460,17 +466,54 @@ ENV_KEYS = (
 def env_table(runs: list[Run]) -> pd.DataFrame:
     """The environment of each run side by side: one column per run, plus the dtypes its rows were measured in.
     The seed is a setting (run.json ``settings.seed``); the rest comes from ``environment``."""
-    data: dict[str, list[str]] = {"": [label for _, label in ENV_KEYS] + ["dtypes", "rows"]}
+    data: dict[str, list[str]] = {
+        "": [label for _, label in ENV_KEYS] + ["dtypes", "rows", "GEMM peak", "time per phase"]
+    }
     for i, run in enumerate(runs):
         env = dict(run.environment)
         settings = run.info.get("settings")
         if isinstance(settings, dict) and "seed" in settings:
             env["seed"] = settings["seed"]
-        vals = [NA if is_missing(env.get(k)) else str(env.get(k)) for k, _ in ENV_KEYS]
+        vals = [_env_value(env.get(k)) for k, _ in ENV_KEYS]
         dtypes = sorted({str(d) for d in run.rows["dtype"] if not is_missing(d)})
-        vals += [", ".join(dtypes) or NA, str(len(run.rows))]
+        vals += [", ".join(dtypes) or NA, str(len(run.rows)), _gemm_peaks(settings), _phases(run)]
         data[run_label(runs, i)] = vals
     return pd.DataFrame(data)
+
+
+def _gemm_peaks(settings: Any) -> str:
+    """This device's measured matmul rate per dtype (what ``% of GEMM peak`` divides by)."""
+    peaks = settings.get("gemm_peak") if isinstance(settings, dict) else None
+    if not isinstance(peaks, dict) or not peaks:
+        return NA
+    parts = []
+    for dtype, p in peaks.items():
+        if isinstance(p, dict) and isinstance(p.get("flops_per_s"), int | float):
+            n = (p.get("shape") or ["?"])[0]
+            parts.append(f"{dtype} {p['flops_per_s'] / 1e9:.3g} GFLOP/s ({n}^3)")
+    return ", ".join(parts) or NA
+
+
+def _phases(run: Run) -> str:
+    """Where the run's wall time went (RUN/phases.json), or n/a for runs without it."""
+    if run.path is None or not (run.path / "phases.json").is_file():
+        return NA
+    try:
+        phases = json.loads((run.path / "phases.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return NA
+    if not isinstance(phases, dict):
+        return NA
+    total = sum(v for v in phases.values() if isinstance(v, int | float))
+    return ", ".join(f"{k} {v:.0f} s" for k, v in phases.items() if isinstance(v, int | float)) + (
+        f" (total {total:.0f} s)"
+    )
+
+
+def _env_value(v: Any) -> str:
+    if isinstance(v, list | tuple):
+        return ", ".join(map(str, v)) or "none listed"
+    return NA if is_missing(v) else str(v)
 
 
 def run_label(runs: list[Run], i: int) -> str:
