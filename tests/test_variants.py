@@ -86,7 +86,9 @@ def _checkpoints(tmp_path: Path, env: dict) -> None:
         yaml.safe_dump({"kind": "teacher", "size": "tiny", "weights": str(tmp_path / "t")})
     )
     (models / "q-student.yaml").write_text(
-        yaml.safe_dump({"kind": "student", "size": "tiny", "weights": str(tmp_path / "s"), "teacher": "q-teacher"})
+        yaml.safe_dump(
+            {"kind": "student", "size": "tiny", "weights": str(tmp_path / "s"), "teacher": "q-teacher"}
+        )
     )
 
 
@@ -94,11 +96,22 @@ def test_int8_accuracy_is_measured(use_bench_env, tmp_path):
     """An int8 variant of a model with weights gets its own accuracy and prediction file (not its plain model's)."""
     _checkpoints(tmp_path, use_bench_env)
     run_dir = _run(
-        tmp_path, "nlvr2", models=["q-teacher", "q-student"], scenarios=["cached"], batch_sizes=[4], variants=["int8"]
+        tmp_path,
+        "nlvr2",
+        models=["q-teacher", "q-student"],
+        scenarios=["cached"],
+        batch_sizes=[4],
+        variants=["int8"],
     )
     rows = read_run(run_dir)[1].set_index("model")
     for m in ("q-teacher@int8", "q-student@int8"):
-        assert 0 <= rows.loc[m, "accuracy_ci_low"] <= rows.loc[m, "accuracy"] <= rows.loc[m, "accuracy_ci_high"] <= 1
+        assert (
+            0
+            <= rows.loc[m, "accuracy_ci_low"]
+            <= rows.loc[m, "accuracy"]
+            <= rows.loc[m, "accuracy_ci_high"]
+            <= 1
+        )
         assert (run_dir / "predictions" / f"{m}.csv").is_file()
     assert (run_dir / "predictions" / "q-student.csv").is_file()
 
@@ -166,7 +179,12 @@ def test_ort_missing_is_skipped(use_bench_env, tmp_path, monkeypatch):
     """Without onnxruntime the @ort rows are skipped with the reason (one line), never a crash."""
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
     run_dir = _run(
-        tmp_path, "vqa", models=["rt-teacher", "rt-student"], scenarios=["online"], batch_sizes=[1], variants=["ort"]
+        tmp_path,
+        "vqa",
+        models=["rt-teacher", "rt-student"],
+        scenarios=["online"],
+        batch_sizes=[1],
+        variants=["ort"],
     )
     rows = read_run(run_dir)[1].set_index("model")
     for m in ("rt-teacher@ort", "rt-student@ort"):
@@ -181,7 +199,9 @@ def test_ort_variants(use_bench_env, tmp_path):
     cache, outputs within 1e-3 of ours, timed interleaved with ours; a second run reuses the exports."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    kw = dict(models=["rt-teacher", "rt-student"], scenarios=["online", "cached"], batch_sizes=[2], variants=["ort"])
+    kw = dict(
+        models=["rt-teacher", "rt-student"], scenarios=["online", "cached"], batch_sizes=[2], variants=["ort"]
+    )
     run_dir = _run(tmp_path, "nlvr2", **kw)
     rows = read_run(run_dir)[1]
     assert (rows.status == "ok").all(), rows[["model", "status", "error"]]
@@ -214,7 +234,9 @@ def test_ort_mismatch_is_an_error_row(use_bench_env, tmp_path, monkeypatch):
         return lambda: fn() + 1.0
 
     monkeypatch.setattr(ort.OrtModel, "bind", off)
-    run_dir = _run(tmp_path, "vqa", models=["rt-teacher"], scenarios=["online"], batch_sizes=[1], variants=["ort"])
+    run_dir = _run(
+        tmp_path, "vqa", models=["rt-teacher"], scenarios=["online"], batch_sizes=[1], variants=["ort"]
+    )
     rows = read_run(run_dir)[1].set_index("model")
     assert rows.loc["rt-teacher@ort", "status"] == "error"
     assert "ort output differs from the plain path (max abs diff 1" in rows.loc["rt-teacher@ort", "error"]

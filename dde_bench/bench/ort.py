@@ -107,8 +107,13 @@ class OrtModel:
         path = self._export(method, pattern, tensors)
         session = self._session(path)
         self.export_s, self.path = time.perf_counter() - t0, path
-        names = [i.name for i in session.get_inputs()]
-        feed = {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(names, tensors, strict=True)}
+        # the trace drops inputs the call did not read on these values (an all-true attention mask)
+        used = {i.name for i in session.get_inputs()}
+        feed = {
+            f"in{i}": np.ascontiguousarray(t.detach().cpu().numpy())
+            for i, t in enumerate(tensors)
+            if f"in{i}" in used
+        }
         run = session.run
         return lambda: torch.from_numpy(run(None, feed)[0])
 
@@ -130,7 +135,9 @@ class OrtModel:
         import onnx
 
         h = hashlib.sha256(self._digest().encode())
-        h.update(f"{method}|{pattern}|{torch.__version__}|{onnx.__version__}|opset{OPSET}|torchscript".encode())
+        h.update(
+            f"{method}|{pattern}|{torch.__version__}|{onnx.__version__}|opset{OPSET}|torchscript".encode()
+        )
         for t in tensors:
             h.update(str((t.dtype, tuple(t.shape))).encode())
             if not t.is_floating_point():  # masks steer the trace; token ids are data but cheap to include

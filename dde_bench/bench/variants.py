@@ -103,7 +103,9 @@ def build(
             if torch.device(device).type != "cpu":
                 out.skipped.append((_int8_entry(e, None), f"int8 variants run on CPU only ({device})"))
             elif dtype != "fp32":
-                out.skipped.append((_int8_entry(e, None), f"int8 variants are measured in fp32 runs only ({dtype})"))
+                out.skipped.append(
+                    (_int8_entry(e, None), f"int8 variants are measured in fp32 runs only ({dtype})")
+                )
             else:
                 out.entries.append(_int8_entry(e, int8_model(e.model)))
     if "ort" in names:

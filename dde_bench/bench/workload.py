@@ -122,7 +122,9 @@ class Entry:
     card: ModelCard | None = None  # its card's overrides: batch_sizes, gallery_sizes, min_iters
     fusion_cache: bool = False  # gallery only: cache the fusion MLP's image half too (modeling.fastpath)
     compile: str | None = None  # torch.compile backend of a `@compiled` variant
-    runtime: str | None = None  # "int8" | "ort": a run-option variant (bench.variants); its model is the variant's
+    runtime: str | None = (
+        None  # "int8" | "ort": a run-option variant (bench.variants); its model is the variant's
+    )
     tokenizer: Any = None  # the tokenizer its checkpoint brought (None: the suite's)
     base: Entry | None = (
         None  # a transformers reference row: the teacher whose weights (and inputs) it carries
@@ -332,7 +334,9 @@ def full_call(entry: Entry, x: dict):
     if entry.kind == "hf-vilt":
         return lambda: entry.model(**x).logits
     if entry.runtime == "ort":  # exported on these inputs (bench.ort), then the session's call alone
-        return entry.model.bind("forward", x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_mask"])
+        return entry.model.bind(
+            "forward", x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_mask"]
+        )
     if not entry.compile:
         return lambda: entry.model(x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_mask"])
     model = compiled(entry.model, entry.compile)

@@ -81,7 +81,9 @@ class BatchedScenario:
     def measure(self, ctx: RunContext, members: list[Entry], batch: int, dtype_name: str) -> Rows:
         dtype, seed, device = DTYPES[dtype_name], ctx.seed, ctx.device
         x = {e.name: inputs(e, ctx.workload, batch, device, dtype, seed) for e in members if not e.runtime}
-        x.update({e.name: x[e.plain] for e in members if e.runtime})  # a variant runs its plain model's inputs
+        x.update(
+            {e.name: x[e.plain] for e in members if e.runtime}
+        )  # a variant runs its plain model's inputs
         plain = [e for e in members if not (e.compile or e.runtime)]
         fns = {e.name: scenario_call(e, self.name, x[e.name]) for e in plain}
         flops = {n: count_flops(fn) / batch for n, fn in fns.items()}
