@@ -7,6 +7,8 @@ Import the submodules; this package import stays light.
              OOM / error policy, image features shared by scenarios)
   scenarios  one module per scenario behind one protocol: batched (online, cached), gallery
   runner     ``RunConfig`` -> ``plan_run`` -> ``Runner``: loads, scores, runs each scenario
+  variants   the run-option variants ``--variants int8,ort`` (``MODEL@int8``, ``MODEL@ort``): what each is, its
+             comparison rule and the tolerance of its output check; ``ort`` exports and runs the ORT rows
   trackers   memory and energy of one call, in passes of their own
   timing     ``measure`` / ``measure_interleaved`` -> ``Measurement`` (raw samples, lazy statistics)
   stats      ``speedup`` (ratio of medians + bootstrap CI, paired over interleaved rounds), ``mean_ci``,

@@ -107,6 +107,8 @@ class RunPlan:
     compile: str | None = None  # a torch.compile backend: adds `@compiled` variants (online, cached)
     keep_stores: bool = False  # keep the gallery's on-disk feature stores in RUN/stores
     store_shard_size: int = 4096
+    variants: list[str] = field(default_factory=list)  # run-option variants (bench.variants): int8, ort
+    cache_root: Path | None = None  # where exports are cached (ORT's .onnx files); None: dde_bench.paths
 
     @property
     def models(self) -> list[str]:
@@ -145,6 +147,7 @@ class RunPlan:
             "compile": self.compile,
             "keep_stores": self.keep_stores,
             "store_shard_size": self.store_shard_size,
+            "variants": self.variants,
         }
 
 
@@ -223,6 +226,9 @@ class RunContext:
     per_item_s: dict[tuple[str, str], float] = field(default_factory=dict)
     # dtype -> this device's measured dense matmul rate (flops.measure_gemm_peak), what rows' utilisation divides by
     gemm_peak: dict[str, dict] = field(default_factory=dict)
+    # the run-option variants built so far (bench.variants.build memoises here): one int8 copy / ORT session
+    # per model, shared by the accuracy pass and every scenario
+    variant_cache: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.done = self.writer.done_keys()
@@ -255,7 +261,8 @@ class RunContext:
             "threads": torch.get_num_threads(),  # as measured, not as asked
             "teacher_model": e.teacher,
             "note": "; ".join(n for n in (e.note, self.dtype_notes.get(dtype)) if n),
-            **self.accuracy.get(plain_name(e.name), {}),  # a variant scores like its plain model
+            # a variant scores like its plain model, unless it was scored itself (int8 changes the numerics)
+            **(self.accuracy.get(e.name) or self.accuracy.get(plain_name(e.name), {})),
         }
 
     def is_done(self, e: Entry, scenario: str, batch: int, dtype: str, gallery: int | None = None) -> bool:
@@ -291,6 +298,14 @@ class RunContext:
         for row, samples in rows:
             if match_key(row) not in self.done:
                 self.writer.append(row, samples)
+
+    def variants(self, entries: list[Entry], dtype: str):
+        """The run-option variants (``--variants``) of ``entries`` for ``dtype``: a ``bench.variants.VariantSet``."""
+        from dde_bench import paths
+        from dde_bench.bench import variants
+
+        root = self.plan.cache_root or paths.cache_root()
+        return variants.build(self.plan.variants, entries, dtype, self.device, root, self.variant_cache)
 
     def utilisation(self, flops_per_item: float | None, items_per_s: float | None, dtype: str) -> dict:
         """A row's achieved FLOP/s and its share of the measured GEMM peak for ``dtype`` (None where unknown)."""

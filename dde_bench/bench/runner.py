@@ -74,6 +74,7 @@ class RunConfig:
     )
     keep_stores: bool = False
     store_shard_size: int = 4096
+    variants: list[str] | None = None  # run-option variants (bench.variants): int8, ort
 
 
 def _check_names(given: list[str], known: list[str], what: str, where: str) -> list[str]:
@@ -102,6 +103,9 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         backends = _dynamo.list_backends(exclude_tags=())
         if cfg.compile not in backends:
             raise UserError(f"unknown torch.compile backend {cfg.compile!r}; known: {', '.join(backends)}")
+    from dde_bench.bench.variants import check_names as check_variants
+
+    variants = check_variants(cfg.variants)
     if cfg.models:
         model_cards = check_model_names(cfg.models, "--models")
     else:
@@ -145,6 +149,8 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         compile=cfg.compile,
         keep_stores=cfg.keep_stores,
         store_shard_size=cfg.store_shard_size,
+        variants=variants,
+        cache_root=Path(cfg.cache_root),
     )
 
 
@@ -219,6 +225,9 @@ class Runner:
                 models = entries if dtype == "fp32" else [cast(e, DTYPES[dtype]) for e in entries]
                 with phases(f"accuracy {dtype}"):
                     ctx.accuracy = self._accuracy(ctx, models, dtype)
+                    # variants that change the numerics (int8) are scored themselves
+                    scored = [v for v in ctx.variants(models, dtype).entries if v.runtime == "int8"]
+                    ctx.accuracy.update(self._accuracy(ctx, scored, dtype))
                 with _progress(console) as progress:
                     for name in plan.scenarios:
                         label = scenarios.phase_label(registry[name], plan)

@@ -3,7 +3,7 @@ scenario times. Public: the profiler and the feature-store command build their i
 
 * :class:`Workload` -- the suite card and its evaluation split (tokenised, images processed, batched on demand).
 * :class:`Entry` -- one model of a run: a teacher, a student, a transformers reference row, or a variant of one
-  (``MODEL@compiled``, ``MODEL@fusion-cache``), with the teacher its speedup is measured against.
+  (``MODEL@compiled``, ``MODEL@fusion-cache``, ``MODEL@int8``, ``MODEL@ort``), with the teacher its speedup is measured against.
 * :func:`build_entries` -- every model of a run from its card. ``weights: trained`` cards need a
   :data:`TrainedResolver` (the command layer passes one that trains with the quick recipe); this layer never trains.
 * :func:`inputs`, :func:`scenario_call`, :func:`scenario_modules`, :func:`cast` -- a batch of inputs, the callable
@@ -122,6 +122,9 @@ class Entry:
     card: ModelCard | None = None  # its card's overrides: batch_sizes, gallery_sizes, min_iters
     fusion_cache: bool = False  # gallery only: cache the fusion MLP's image half too (modeling.fastpath)
     compile: str | None = None  # torch.compile backend of a `@compiled` variant
+    runtime: str | None = (
+        None  # "int8" | "ort": a run-option variant (bench.variants); its model is the variant's
+    )
     tokenizer: Any = None  # the tokenizer its checkpoint brought (None: the suite's)
     base: Entry | None = (
         None  # a transformers reference row: the teacher whose weights (and inputs) it carries
@@ -330,6 +333,10 @@ def full_call(entry: Entry, x: dict):
     """The whole model on x: the teacher's joint pass, the student's two towers + fusion, or transformers'."""
     if entry.kind == "hf-vilt":
         return lambda: entry.model(**x).logits
+    if entry.runtime == "ort":  # exported on these inputs (bench.ort), then the session's call alone
+        return entry.model.bind(
+            "forward", x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_mask"]
+        )
     if not entry.compile:
         return lambda: entry.model(x["input_ids"], x["attention_mask"], x["pixel_values"], x["pixel_mask"])
     model = compiled(entry.model, entry.compile)
@@ -356,6 +363,8 @@ def scenario_call(entry: Entry, scenario: str, x: dict):
     if entry.kind != "student" or scenario == "online":
         return full_call(entry, x)
     feats = entry.model.encode_images(x["pixel_values"], x["pixel_mask"])
+    if entry.runtime == "ort":
+        return entry.model.bind("forward_cached", x["input_ids"], x["attention_mask"], feats)
     fwd = entry.model.forward_cached
     if entry.compile:
         fwd = compiled(fwd, entry.compile)
@@ -366,6 +375,8 @@ def scenario_call(entry: Entry, scenario: str, x: dict):
 def scenario_modules(entry: Entry, scenario: str) -> list:
     """The modules a scenario's call needs resident: a cached student needs no image tower."""
     m = entry.model
+    if entry.runtime == "ort":
+        return []  # its weights live in the ONNX Runtime session, not in torch modules
     if entry.kind == "student" and scenario != "online":
         return [m.text_tower, m.fusion, m.head]
     return [m]

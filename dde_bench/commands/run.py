@@ -85,6 +85,14 @@ def run_cmd(
     compile_backend: str = typer.Option(
         "inductor", "--compile-backend", help="torch.compile backend for --compile (inductor, aot_eager, ...)"
     ),
+    variants: str = typer.Option(
+        None,
+        "--variants",
+        help="comma-separated extra rows per teacher and student, online and cached, measured interleaved with "
+        "the plain model after an output check: int8 (dynamic int8 Linear layers, fp32 CPU runs; accuracy "
+        "measured too), ort (exported with torch.onnx, run by ONNX Runtime's CPU provider; needs the `ort` "
+        "extra, else skipped rows)",
+    ),
     keep_stores: bool = typer.Option(
         False, "--keep-stores", help="keep the gallery scenario's on-disk feature stores in RUN/stores"
     ),
@@ -121,6 +129,7 @@ def run_cmd(
         min_iters=min_iters,
         compile=compile_backend if compile else None,
         keep_stores=keep_stores,
+        variants=_names(variants),
     )
     runner = Runner(cfg, resolve_trained=trained_resolver(cfg.cache_root))
     run_dir = runner.run()

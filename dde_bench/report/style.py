@@ -33,6 +33,8 @@ VARIANT_STYLES: dict[str, dict[str, Any]] = {
     "": {"linestyle": "-", "marker": "o", "hatch": None},
     "compiled": {"linestyle": "-.", "marker": "^", "hatch": ".."},
     "fusion-cache": {"linestyle": "--", "marker": "D", "hatch": "//"},
+    "int8": {"linestyle": (0, (5, 1, 1, 1)), "marker": "s", "hatch": "\\\\"},
+    "ort": {"linestyle": (0, (1, 2)), "marker": "P", "hatch": "++"},
 }
 OTHER_VARIANT_STYLE = {"linestyle": ":", "marker": "v", "hatch": "xx"}
 REFERENCE_STYLE = {"linestyle": ":", "marker": "x"}  # the transformers reference row, in its own colour

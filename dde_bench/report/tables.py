@@ -278,8 +278,9 @@ def paper_table(rows: pd.DataFrame, palette: Palette) -> pd.DataFrame:
 
 
 def fastpath_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Each fast-path variant (``MODEL@compiled``, ``MODEL@fusion-cache``) against its plain path, measured
-    interleaved in the same group: medians, ratio with its bootstrap interval, output check, compile time."""
+    """Each fast-path variant (``MODEL@compiled``, ``MODEL@fusion-cache``, ``MODEL@int8``, ``MODEL@ort``) against
+    its plain path, measured interleaved in the same group: medians, ratio with its bootstrap interval, output
+    check, the variant's accuracy (int8 is scored itself), compile time."""
     if "speedup_vs_plain" not in rows.columns:
         return pd.DataFrame()
     ok = _ok(rows)
@@ -308,6 +309,7 @@ def fastpath_table(rows: pd.DataFrame) -> pd.DataFrame:
                     r.get("n_samples"),
                 ),
                 "max abs diff": NA if is_missing(diff) else f"{float(diff):.1e}",
+                "accuracy": NA if is_missing(r.get("accuracy")) else f"{100 * float(r['accuracy']):.1f}",
                 "compile s": sig(r.get("compile_s")),
             }
         )

@@ -4,7 +4,9 @@ interleaved (A B A B ...) at every batch size.
 A row holds latency statistics from raw samples, throughput, FLOPs per item and utilisation, memory and energy
 (own passes), each stage's time, and for students and reference rows the speedup over the teacher with its
 bootstrap interval and FLOP ratio. With ``--compile`` every teacher and student also gets a ``MODEL@compiled``
-row, whose output is checked against the plain path before it is timed. A run with both scenarios measures them in
+row, and with ``--variants int8,ort`` a ``MODEL@int8`` / ``MODEL@ort`` row (:mod:`dde_bench.bench.variants`), each
+measured in its model's interleaved group; a variant's output is checked against the plain path on the same inputs
+before it is timed, and one that fails or disagrees is an error row (a variant that cannot run here: skipped). A run with both scenarios measures them in
 one interleaved group per teacher and batch size: the teacher's call is the same in both, so it is timed once
 (its two rows share those samples and say so), and each student's online and cached forms are compared with it.
 """
@@ -18,7 +20,7 @@ from functools import partial
 
 import torch
 
-from dde_bench.bench import timing
+from dde_bench.bench import timing, variants
 from dde_bench.bench.context import Rows, RunContext
 from dde_bench.bench.flops import model_flop_utilisation
 from dde_bench.bench.guard import is_oom
@@ -67,11 +69,18 @@ class BatchedScenario:
         if both and self.name == "cached":
             return  # measured with online
         scenarios = ("online", "cached") if both else (self.name,)
+        extra = ctx.variants(entries, dtype)
         # each group is keyed by its first member: the teacher, or a student measured without one
-        groups = {s: {ms[0].name: ms for ms in _with_variants(entries, s, plan)} for s in scenarios}
+        groups = {s: {ms[0].name: ms for ms in _with_variants(entries, s, plan, extra)} for s in scenarios}
         for lead, members in groups[scenarios[0]].items():
             slots = {s: groups[s].get(lead, []) for s in scenarios}
+            skipped = {
+                s: extra.members_for([e for e in slots[s] if e.kind != "hf-vilt"])[1] for s in scenarios
+            }
             for batch in plan.batch_sizes_for(members[0]):
+                for s, pairs in skipped.items():
+                    for e, why in pairs:
+                        ctx.record([e], s, batch, dtype, partial(self.skip, ctx, e, s, batch, dtype, why))
                 if all(ctx.is_done(e, s, batch, dtype) for s, es in slots.items() for e in es):
                     continue
                 names = list(dict.fromkeys(e.name for es in slots.values() for e in es))
@@ -87,6 +96,9 @@ class BatchedScenario:
                 )
                 progress.remove_task(task)
 
+    def skip(self, ctx: RunContext, e: Entry, scenario: str, batch: int, dtype: str, why: str) -> Rows:
+        return [(dict(ctx.base_row(e, scenario, batch, dtype), status="skipped", error=why), None)]
+
     @torch.inference_mode()
     def measure(self, ctx: RunContext, slots: dict[str, list[Entry]], batch: int, dtype_name: str) -> Rows:
         """One interleaved measurement of every (entry, scenario) in ``slots``; rows for each. Only a student's
@@ -94,17 +106,29 @@ class BatchedScenario:
         callable, timed once, whose row is written for each scenario it belongs to."""
         dtype, seed, device = DTYPES[dtype_name], ctx.seed, ctx.device
         everyone = {e.name: e for es in slots.values() for e in es}
-        x = {name: inputs(e, ctx.workload, batch, device, dtype, seed) for name, e in everyone.items()}
-        fns, pairs = {}, {}
+        x = {
+            n: inputs(e, ctx.workload, batch, device, dtype, seed)
+            for n, e in everyone.items()
+            if not e.runtime
+        }
+        x.update(
+            {n: x[e.plain] for n, e in everyone.items() if e.runtime}
+        )  # a variant runs its plain's inputs
+        fns, pairs, runtime = {}, {}, {}
         for s, members in slots.items():
             for e in members:
                 k = _key(e, s)
                 if e.compile:
                     pairs.setdefault(k, (e, s))
+                elif e.runtime:
+                    runtime.setdefault(k, (e, s))
                 elif k not in fns:
                     fns[k] = scenario_call(e, s, x[e.name])
         compiled, failed = self.compile_group(ctx, list(pairs.values()), x, fns, dtype)
+        checked, failed_v = self.check_variants(ctx, list(runtime.values()), x, fns)
+        failed.update(failed_v)
         fns.update({k: c["fn"] for k, c in compiled.items()})
+        fns.update({k: c["fn"] for k, c in checked.items()})
         rule = ctx.plan.rule
         overrides = [e.min_iters for e in everyone.values() if e.min_iters]
         if overrides:
@@ -113,18 +137,20 @@ class BatchedScenario:
         for e in everyone.values():
             if e.kind != "student" and e.name in timed:  # what the gallery's teacher estimates start from
                 ctx.per_item_s[(e.name, dtype_name)] = timed[e.name].median_s / batch
-        # memory and FLOPs of each call in one instrumented pass of its own, after the timed window; a compiled
-        # variant does the same arithmetic as its plain model (and is not instrumented: that would retrace it)
+        # memory and FLOPs of each call in one instrumented pass of its own, after the timed window. A variant
+        # does its plain model's arithmetic (compiled, on ORT; int8: the same operations, so its utilisation reads
+        # against the fp32 peak: "fp32-equivalent"); torch's tensor tracker would retrace a compiled call and
+        # sees no tensors inside ORT
         profiled = {}
         for s, members in slots.items():
             for e in members:
                 k = _key(e, s)
                 if k in fns and k not in profiled:
-                    profiled[k] = memory_energy(
-                        fns[k], device, batch, scenario_modules(e, s), not e.compile, not e.compile
-                    )
+                    track = not (e.compile or e.runtime == "ort")
+                    plain = not (e.compile or e.runtime)
+                    profiled[k] = memory_energy(fns[k], device, batch, scenario_modules(e, s), track, plain)
         flops = {k: p.pop("flops_per_call") / batch for k, p in profiled.items() if "flops_per_call" in p}
-        for k in compiled:
+        for k in (*compiled, *checked):
             flops[k] = flops[_plain_key(k)]
         joint = len(slots) > 1
         stage_ms: dict[str, dict] = {}  # a student's stages are measured once for both scenarios
@@ -147,7 +173,7 @@ class BatchedScenario:
                     **ctx.utilisation(flops[k], m.throughput_per_s, dtype_name),
                 )
                 row.update(profiled[k])
-                if e.compile:
+                if e.compile or e.runtime == "ort":
                     row["stage_ms"] = None
                 else:
                     if e.name not in stage_ms:
@@ -174,6 +200,8 @@ class BatchedScenario:
                         compile_s=compiled[k]["compile_s"],
                         max_abs_diff_vs_plain=compiled[k]["max_abs_diff"],
                     )
+                elif e.runtime:
+                    row.update(vs_plain(meas, e.name, seed), **checked[k]["check"])
                 if e.kind == "student" and s == "cached":
                     row.update(ctx.features.cost(e, dtype_name))
                 out.append((row, m.samples_ms))
@@ -215,6 +243,32 @@ class BatchedScenario:
             done[k] = {"fn": fn, "compile_s": compile_s, "max_abs_diff": diff}
         return done, failed
 
+    def check_variants(self, ctx: RunContext, pairs: list[tuple[Entry, str]], x: dict, plain_fns: dict):
+        """Build each run-option variant's call in its scenario (an ORT row exports here) and check its output
+        against the plain path on the same inputs (``variants.check``: int8 within 15% of the logit scale, ORT
+        within 1e-3). Returns ({key: {fn, check columns}}, {key: error}): a variant that fails or disagrees
+        becomes an error row."""
+        done, failed = {}, {}
+        for e, scenario in pairs:
+            k = _key(e, scenario)
+            try:
+                fn = scenario_call(e, scenario, x[e.name])
+                cols = variants.check(e.runtime, fn(), plain_fns[_plain_key(k)]())
+                if e.runtime == "ort":
+                    cols["ort_export_s"] = e.model.export_s
+            except variants.Mismatch as exc:
+                failed[k] = str(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - an exporter or runtime failure: an error row, the run goes on
+                if is_oom(exc):
+                    raise
+                msg = " ".join(str(exc).split())[:300]
+                failed[k] = f"{e.runtime} variant failed: {type(exc).__name__}: {msg}"
+                ctx.console.print(f"[yellow]{e.name}[/]: {failed[k]}")
+                continue
+            done[k] = {"fn": fn, "check": cols}
+        return done, failed
+
     def stages(
         self, ctx: RunContext, e: Entry, x: dict, whole: timing.Measurement, image: bool = True
     ) -> dict:
@@ -253,16 +307,18 @@ def _plain_key(key: str) -> str:
     return plain_name(name) + sep + scenario
 
 
-def _with_variants(entries: list[Entry], scenario: str, plan) -> Iterator[list[Entry]]:
-    """Each comparison group of ``scenario`` (see ``comparison_groups``), with its ``@compiled`` variants."""
+def _with_variants(entries: list[Entry], scenario: str, plan, extra) -> Iterator[list[Entry]]:
+    """Each comparison group of ``scenario`` (see ``comparison_groups``), with its ``@compiled`` variants and the
+    run-option variants (``extra``: a ``variants.VariantSet``) that can run here."""
     for _, members in comparison_groups(entries, scenario):
+        # transformers' reference row gets no variants: it is a reference, not a contender
+        more, _ = extra.members_for([e for e in members if e.kind != "hf-vilt"])
         if plan.compile:
-            # transformers' reference row stays eager: it is a reference, not a contender
             names = {f"{e.name}@compiled" for e in members if e.kind != "hf-vilt"}
             members = members + [
                 compiled_variant(e, plan.compile, names) for e in members if e.kind != "hf-vilt"
             ]
-        yield members
+        yield members + more
 
 
 SCENARIOS = (BatchedScenario("online"), BatchedScenario("cached"))
