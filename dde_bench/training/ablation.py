@@ -164,6 +164,7 @@ def run_ablation(
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t_start)),
         "load_at_start": _load(),
     }
+    run_info["earlier_invocations"] = _earlier_invocations(out / "run.json")
     pool = caption_pool(suite, cache_root, recipe.pool_ratio, progress)
     pool_stats = json.loads((pool / "stats.json").read_text()) if (pool / "stats.json").is_file() else {}
     common = dict(device=device, cache_root=cache_root, threads=threads, progress=progress)
@@ -222,6 +223,30 @@ def run_ablation(
         # claims and README after every seed: a stopped run leaves a consistent folder
         paths = finish(out, suite, recipe_name, scores, itm, pool_stats, results, run_info, t_start)
     return paths
+
+
+_INVOCATION_KEYS = (
+    "command",
+    "seeds",
+    "started_utc",
+    "finished_utc",
+    "wall_seconds",
+    "load_at_start",
+    "load_at_end",
+)
+
+
+def _earlier_invocations(path: Path) -> list[dict]:
+    """The invocations an earlier ``run.json`` in the folder records (a rerun with more seeds reuses their
+    checkpoints, so the folder's wall time is the sum)."""
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    earlier = list(old.get("earlier_invocations") or [])
+    return earlier + [{k: old.get(k) for k in _INVOCATION_KEYS}]
 
 
 def _write_results(out: Path, results: list[dict], scores: dict) -> None:
@@ -307,6 +332,14 @@ def readme(suite, recipe_name, table, claims, itm, pool_stats, info) -> str:
         f"{k} {itm[f'itm_acc_{k}']:.1f}%" for k in ("matched", "random", "minimal") if f"itm_acc_{k}" in itm
     )
     pool_imgs = pool_stats.get("images", {})
+    runs = [*info.get("earlier_invocations", []), info]
+    total = sum(float(r.get("wall_seconds") or 0.0) for r in runs)
+    wall = [
+        f"- `{r.get('command')}`: {float(r.get('wall_seconds') or 0) / 60:.1f} min ({r.get('started_utc')} - "
+        f"{r.get('finished_utc')} UTC), load average at start {r.get('load_at_start')}, at end "
+        f"{r.get('load_at_end')}"
+        for r in runs
+    ]
     lines = [
         f"# The paper's ablation on `{suite.name}` ({recipe_name} recipe, {len(info['seeds_done'])} seeds)",
         "",
@@ -319,8 +352,10 @@ def readme(suite, recipe_name, table, claims, itm, pool_stats, info) -> str:
         info["command"],
         "```",
         "",
-        f"Wall time: {info['wall_seconds'] / 60:.1f} min ({info['started_utc']} - {info['finished_utc']} UTC), "
-        f"{info['threads']} thread(s); load average at start {info['load_at_start']}, at end {info['load_at_end']}.",
+        f"Wall time: {total / 60:.1f} min in all, {info['threads']} thread(s), on a machine shared with other "
+        "jobs (load averages below); per invocation (a rerun reuses the finished checkpoints):",
+        "",
+        *wall,
         "",
         "Set-up (as the authors' code): one teacher (seed 0) pre-trained on a caption pool of "
         f"{pool_imgs.get('train2014', 'n/a')} images ({rec.pool_ratio:g}x the task's "

@@ -28,6 +28,10 @@ from torch import nn
 from dde_bench.data.images import ImageProcessor
 from dde_bench.errors import UserError
 
+# the last caption file's decoded images: the stages of one process (the paper ablation's teacher and student
+# pre-training rows) decode a large pool once, not once per stage
+_DECODED: dict = {}
+
 
 def _image_path(data_dir: Path, file_name: str) -> Path:
     """A caption's image: the path relative to the data folder, else in COCO's ``train2014/`` image folder."""
@@ -79,10 +83,15 @@ class CaptionDataset:
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.mask_id = int(tokenizer.mask_token_id)
         self.vocab_size = len(tokenizer)
-        images = [processor.load_uint8(r["image"]) for r in rows]
-        if len({tuple(t.shape) for t in images}) != 1:
-            raise UserError(f"{path}: pre-training needs images of one size")
-        self.images = torch.stack(images)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, limit, processor)
+        if _DECODED.get("key") != key:
+            images = [processor.load_uint8(r["image"]) for r in rows]
+            if len({tuple(t.shape) for t in images}) != 1:
+                raise UserError(f"{path}: pre-training needs images of one size")
+            _DECODED.clear()  # one pool held at a time
+            _DECODED.update(key=key, images=torch.stack(images))
+        self.images = _DECODED["images"]  # read only: batches index it
         self.cached = True  # decoded once, held in memory (the training loader needs no workers)
 
     def __len__(self) -> int:
