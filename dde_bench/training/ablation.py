@@ -193,6 +193,7 @@ def run_ablation(
                 "best_step": meta.get("best_step"),
                 "steps": meta["training"]["steps"],
                 "train_seconds": meta.get("train_seconds"),
+                **_pretrain_itm(ckpt),
                 "checkpoint": str(ckpt),
             }
         )
@@ -249,6 +250,16 @@ def _earlier_invocations(path: Path) -> list[dict]:
     return earlier + [{k: old.get(k) for k in _INVOCATION_KEYS}]
 
 
+ITM_COLS = ("itm_acc_matched", "itm_acc_random", "itm_acc_minimal")
+
+
+def _pretrain_itm(ckpt: Path) -> dict:
+    """ITM accuracy per pair kind of a row's pre-training stage on the pool's held-out captions ("" if none)."""
+    path = ckpt / "pretrain" / "config.json"
+    m = json.loads(path.read_text())["meta"].get("metrics", {}) if path.is_file() else {}
+    return {f"pretrain_{k}": round(m[k], 2) if k in m else "" for k in ITM_COLS}
+
+
 def _write_results(out: Path, results: list[dict], scores: dict) -> None:
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(results[0]))
@@ -296,7 +307,9 @@ def finish(out, suite, recipe_name, scores, itm, pool_stats, results, run_info, 
     table = results_table(results, seeds_done)
     (out / "table.md").write_text(table + "\n")
     paths.append(out / "table.md")
-    (out / "README.md").write_text(readme(suite, recipe_name, table, claims, itm, pool_stats, info) + "\n")
+    (out / "README.md").write_text(
+        readme(suite, recipe_name, table, claims, itm, pool_stats, info, results) + "\n"
+    )
     paths.append(out / "README.md")
     return paths
 
@@ -326,12 +339,20 @@ def results_table(results: list[dict], seeds_done: list[int]) -> str:
     return "\n".join(lines)
 
 
-def readme(suite, recipe_name, table, claims, itm, pool_stats, info) -> str:
+def readme(suite, recipe_name, table, claims, itm, pool_stats, info, results) -> str:
     rec = get_recipe(recipe_name)
     kinds = ", ".join(
         f"{k} {itm[f'itm_acc_{k}']:.1f}%" for k in ("matched", "random", "minimal") if f"itm_acc_{k}" in itm
     )
     pool_imgs = pool_stats.get("images", {})
+    itm_lines = []
+    for slug in ("teacher", *SLUGS):
+        rs = [r for r in results if r["row"] == slug and r.get("pretrain_itm_acc_matched") not in ("", None)]
+        if rs:
+            vals = [statistics.fmean(float(r[f"pretrain_{k}"]) for r in rs) for k in ITM_COLS]
+            itm_lines.append(
+                f"- {LABELS[slug]}: " + " / ".join(f"{v:.1f}%" for v in vals) + f" ({len(rs)} seeds)"
+            )
     runs = [*info.get("earlier_invocations", []), info]
     total = sum(float(r.get("wall_seconds") or 0.0) for r in runs)
     wall = [
@@ -384,6 +405,11 @@ def readme(suite, recipe_name, table, claims, itm, pool_stats, info) -> str:
         "Accuracy in percent (the task's official metric), mean ± std over seeds.",
         "",
         table,
+        "",
+        "ITM accuracy of the rows' pre-training stages on the held-out pool captions (mean over seeds; "
+        "matched / random image / minimal edit):",
+        "",
+        *itm_lines,
         "",
         "Learning curves on the selection split: `curves.png` (`curves.csv`).",
     ]
