@@ -15,6 +15,11 @@ SPLITS: dict[str, tuple[str, ...]] = {
 }
 TRAIN_SPLIT = {task: splits[0] for task, splits in SPLITS.items()}
 DEFAULT_EVAL_SPLIT = {task: splits[1] for task, splits in SPLITS.items()}
+# the paper ablation's splits (training/ablation.py): checkpoints are selected on the first and reported on the
+# second, which nothing was tuned on. VQA has no labelled test split: its val split is cut in two halves in file
+# order (data.suite.split_spec)
+SELECTION_SPLIT = {"nlvr2": "dev", "vqa": "val2014:first-half", "snli-ve": "dev"}
+HELDOUT_SPLIT = {"nlvr2": "test1", "vqa": "val2014:second-half", "snli-ve": "test"}
 
 # classes of the fixed-size heads (VQA's head has one output per answer of its answer vocabulary)
 NUM_LABELS = {"nlvr2": 2, "snli-ve": 3}

@@ -37,6 +37,9 @@ __all__ = [
     "median_round_ratio",
     "speedup",
     "mean_ci",
+    "PairedEstimate",
+    "paired_rows",
+    "paired_difference",
     "mann_whitney",
     "wilcoxon_rounds",
     "regression_verdict",
@@ -293,6 +296,77 @@ def mean_ci(
     boot = _bootstrap_stat(a, np.mean, n_boot, rng)
     lo, hi = _interval(boot, confidence)
     return MeanEstimate(float(a.mean()), lo, hi, confidence, int(a.size))
+
+
+@dataclass(frozen=True)
+class PairedEstimate:
+    """A statistic of several rows' mean scores, with a paired bootstrap interval (:func:`paired_rows`)."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    n_seeds: int
+    n_examples: int  # 0 when each seed has one value
+    n_boot: int
+    n_undefined: int = 0  # resamples where the statistic was not finite (e.g. a ratio over a zero gap)
+
+
+def paired_rows(
+    rows: dict[str, Samples],
+    statistic: Callable[[dict[str, np.ndarray]], np.ndarray],
+    *,
+    n_boot: int = N_BOOT,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> PairedEstimate:
+    """``statistic`` of rows trained in pairs (same seed, same data order), with a paired bootstrap interval.
+
+    ``rows`` maps a row name to its scores: shape ``[seeds]`` (one value per seed) or ``[seeds, examples]``
+    (per-example scores on one evaluation split, the same examples in the same order for every row and seed).
+    Each resample draws seed indices and, for 2-D scores, example indices, *the same indices for every row*, so
+    what a seed or an example shares across rows cancels in a difference. ``statistic`` receives each row's mean
+    over the resampled cells (arrays, one entry per resample) and returns the statistic per resample, e.g.
+    ``lambda m: m["a"] - m["b"]``; the point value is the statistic of the plain means. Interval: percentile,
+    NaN when the point value is undefined or more than a tail's share of the resamples are (``n_undefined``)."""
+    arrs = {k: np.asarray(v, dtype=np.float64) for k, v in rows.items()}
+    if not arrs:
+        raise ValueError("paired_rows: no rows")
+    shapes = {a.shape for a in arrs.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"paired_rows: rows of different shapes {sorted(shapes)}")
+    shape = shapes.pop()
+    if len(shape) not in (1, 2) or shape[0] < 1 or (len(shape) == 2 and shape[1] < 1):
+        raise ValueError(f"paired_rows: scores must be [seeds] or [seeds, examples], got shape {shape}")
+    if not all(np.isfinite(a).all() for a in arrs.values()):
+        raise ValueError("paired_rows: scores must be finite")
+    n_s = shape[0]
+    n_e = shape[1] if len(shape) == 2 else 0
+    value = float(np.asarray(statistic({k: np.array([a.mean()]) for k, a in arrs.items()}))[0])
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot, dtype=np.float64)
+    chunk = max(1, _CHUNK_ELEMENTS // (n_s * max(n_e, 1)))
+    for lo in range(0, n_boot, chunk):
+        hi = min(n_boot, lo + chunk)
+        si = rng.integers(0, n_s, size=(hi - lo, n_s))
+        if n_e:
+            ei = rng.integers(0, n_e, size=(hi - lo, n_e))
+            means = {k: a[si[:, :, None], ei[:, None, :]].mean(axis=(1, 2)) for k, a in arrs.items()}
+        else:
+            means = {k: a[si].mean(axis=1) for k, a in arrs.items()}
+        boot[lo:hi] = np.asarray(statistic(means), dtype=np.float64)
+    finite = np.isfinite(boot)
+    # an interval only where (nearly) every resample defines the statistic: the undefined ones lie outside it
+    if not np.isfinite(value) or (~finite).sum() > (1.0 - confidence) / 2.0 * n_boot:
+        lo_ci = hi_ci = float("nan")
+    else:
+        lo_ci, hi_ci = _interval(boot[finite], confidence)
+    return PairedEstimate(value, lo_ci, hi_ci, confidence, n_s, n_e, n_boot, int((~finite).sum()))
+
+
+def paired_difference(a: Samples, b: Samples, **kw) -> PairedEstimate:
+    """Mean of ``a`` minus mean of ``b`` for two paired rows (:func:`paired_rows`)."""
+    return paired_rows({"a": a, "b": b}, lambda m: m["a"] - m["b"], **kw)
 
 
 def mann_whitney(a: Samples, b: Samples, *, alternative: str = "two-sided") -> tuple[float, float]:

@@ -91,3 +91,41 @@ def ensure_data(card: SuiteCard | dict, cache_root: Path, progress: bool = False
         (tmp / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
     return atomic_folder(final, build, done="stats.json")
+
+
+POOL_VERSION = 1  # bump when the caption pool's output changes for the same settings
+
+
+def ensure_pool(
+    card: SuiteCard | dict, cache_root: Path, ratio: float = 5.0, n_val: int = 500, progress: bool = False
+) -> Path:
+    """The pre-training caption pool of a synthetic suite (``synth.captions``): ``ratio`` x the task's training
+    images, plus ``n_val`` held-out images, cached under ``cache_root/synthetic/{task}-{key}-pool-{hash}``."""
+    from dde_bench.data.synth import _train_images, captions
+
+    card = SuiteCard.of(card)
+    if not card.data.synthetic:
+        raise UserError(
+            f"{card.where}: a caption pool is generated for synthetic suites only; a real data folder brings "
+            "its own captions_train2014.json"
+        )
+    if ratio <= 0:
+        raise UserError(f"caption pool ratio must be positive, got {ratio}")
+    task_dir = ensure_data(card, cache_root, progress=progress)
+    task_stats = json.loads((task_dir / "stats.json").read_text(encoding="utf-8"))
+    n = max(2, round(ratio * _train_images(task_stats)))
+    settings = {"version": POOL_VERSION, "task_dir": task_dir.name, "n": n, "n_val": n_val, "seed": 0}
+    final = Path(cache_root) / "synthetic" / f"{task_dir.name}-pool-{synth_key(settings)}"
+
+    def build(tmp: Path) -> None:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n + n_val, desc="caption pool", unit="img")
+        captions(task_dir, tmp, n, n_val, seed=0, progress=bar.update if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        (tmp / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+    return atomic_folder(final, build, done="stats.json")

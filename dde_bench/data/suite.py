@@ -116,6 +116,29 @@ def suite_tokenizer(card: SuiteCard, data_dir: Path, cache_root: Path, vocab_siz
     return load_tokenizer(folder)
 
 
+SPLIT_PARTS = ("first-half", "second-half")
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"val2014:second-half"`` -> ``("val2014", "second-half")``; a plain split name has no part. The halves
+    cut a split in file order (the first ``n // 2`` examples and the rest): one half to select checkpoints on,
+    the other held out to report on, where the task has no separate test split (VQA)."""
+    name, _, part = str(spec).partition(":")
+    if not part:
+        return name, None
+    if part not in SPLIT_PARTS:
+        raise UserError(f"split {spec!r}: unknown part {part!r}; expected one of {', '.join(SPLIT_PARTS)}")
+    return name, part
+
+
+def split_part(examples: list, part: str | None) -> list:
+    """The examples of one part of a split (:func:`split_spec`)."""
+    if part is None:
+        return list(examples)
+    half = len(examples) // 2
+    return list(examples[:half]) if part == "first-half" else list(examples[half:])
+
+
 def load_suite_data(
     card: SuiteCard,
     cache_root: Path,
@@ -143,7 +166,10 @@ def load_suite_data(
 
         bad = BadImages()
     for i, split in enumerate(splits):
-        examples = load_split(card.task, data_dir, split, answer_vocab=vocab, skip_bad_images=bad)
+        name, part = split_spec(split)
+        examples = split_part(
+            load_split(card.task, data_dir, name, answer_vocab=vocab, skip_bad_images=bad), part
+        )
         limit = limits[i] if i < len(limits) else None
         if limit is not None:
             examples = examples[:limit]

@@ -827,3 +827,99 @@ def _write_snli_ve(
             progress(1)
     _dump_jsonl(out / f"snli_ve_{split}.jsonl", rows)
     return _balance(labels, fams), [r["sentence2"] for r in rows], caps
+
+
+# --- the pre-training caption pool ------------------------------------------------------------------------
+
+POOL_SPLITS = ("train2014", "val2014")  # pre-training captions / held-out captions for the ITM accuracy
+
+
+def _image_digests(folder: Path) -> set[str]:
+    """SHA-1 of the bytes of every image file under ``folder`` (the generator's JPEG/PNG encoding is
+    deterministic, so one scene rendered twice gives the same bytes)."""
+    import hashlib
+
+    return {
+        hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.is_file()
+    }
+
+
+def captions(
+    task_dir: Path,
+    out_dir: Path,
+    n: int,
+    n_val: int = 500,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """A pre-training caption pool for the world of the task folder ``task_dir``, written at ``out_dir``.
+
+    ``n`` images (``train2014/``) and ``n_val`` held-out ones (``val2014/``) of the task's world (its colours,
+    shapes, object counts, image size, read from ``task_dir/stats.json``), each with one caption, in COCO's
+    captions format (``captions_train2014.json``, ``captions_val2014.json``). The pool is separate from the task:
+    its scenes come from their own random stream (``dde-bench/pool/{task}/{seed}``) and any rendering byte-equal
+    to an image of the task folder (any split) is drawn again, so no task image is in the pool. Deterministic
+    for the task folder, ``n``, ``n_val`` and ``seed``. Returns the stats (also ``stats.json``)."""
+    import hashlib
+    import io
+
+    from dde_bench.data.readers import write_coco_captions
+
+    task_dir, out_dir = Path(task_dir), Path(out_dir)
+    stats_path = task_dir / "stats.json"
+    if not stats_path.is_file():
+        raise UserError(f"{task_dir}: no stats.json; a caption pool is made for a synthetic world's folder")
+    if n < 2 or n_val < 0:
+        raise UserError(f"a caption pool needs at least 2 images (got {n}) and n_val >= 0 (got {n_val})")
+    task_stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    s = dict(task_stats["settings"])
+    for key in ("colors", "shapes", "objects", "families"):
+        s[key] = tuple(s[key])
+    settings = WorldSettings(**{**s, "seed": seed})
+    taken = _image_digests(task_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"dde-bench/pool/{settings.task}/{seed}")
+    w = World(settings, rng)
+    redrawn = 0
+    counts = {}
+    for split, size in zip(POOL_SPLITS, (n, n_val), strict=True):
+        (out_dir / split).mkdir(exist_ok=True)
+        pairs = []
+        for i in range(size):
+            while True:
+                scene = w.scene()
+                buf = io.BytesIO()
+                w.render(scene).save(buf, format="JPEG", quality=settings.jpeg_quality, subsampling=0)
+                data = buf.getvalue()
+                digest = hashlib.sha1(data).hexdigest()
+                if digest not in taken:
+                    break
+                redrawn += 1
+            name = f"{split}/POOL_{split}_{i:012d}.jpg"
+            (out_dir / name).write_bytes(data)
+            pairs.append((name, caption(scene, rng)))
+            if progress:
+                progress(1)
+        write_coco_captions(out_dir / f"captions_{split}.json", pairs)
+        counts[split] = size
+    stats = {
+        "kind": "caption pool",
+        "task": settings.task,
+        "seed": seed,
+        "images": counts,
+        "task_train_images": _train_images(task_stats),
+        "redrawn_task_images": redrawn,
+        "world": {k: s[k] for k in ("colors", "shapes", "objects", "image_size", "grid", "jpeg_quality")},
+    }
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    return stats
+
+
+def _train_images(task_stats: dict) -> int:
+    """Images in a task folder's training split (NLVR2: two per example)."""
+    task = task_stats["task"]
+    split = "train2014" if task == "vqa" else "train"
+    n = task_stats["splits"][split]["n"]
+    return 2 * n if task == "nlvr2" else n

@@ -180,7 +180,14 @@ def reproduce(
     students: str = typer.Option(
         None,
         help="comma-separated student rows to run (nodistill, soft, attention, soft-attention, "
-        "soft-attention-pretrain); default all",
+        "soft-attention-pretrain; with --ablation paper: gt, soft, attention, soft-attention, pretrain-distill, "
+        "control-pretrain-gt, control-more-steps); default all",
+    ),
+    ablation: str = typer.Option(
+        "classic",
+        help="classic (students from the fine-tuned teacher, dev accuracy) or paper (the paper's set-up: "
+        "students from the pre-trained teacher, a caption pool, best-on-dev checkpoints scored on a held-out "
+        "split, paired claims in claims.json; recipes paper, paper-short, paper-quick)",
     ),
 ) -> None:
     """The paper-style ablation on the synthetic world: teacher, students without / with each distillation,
@@ -192,6 +199,28 @@ def reproduce(
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     if eval_every < 0:
         raise UserError(f"--eval-every must be 0 or more, got {eval_every}")
+    if ablation not in ("classic", "paper"):
+        raise UserError(f"--ablation: expected classic or paper, got {ablation!r}")
+    if ablation == "paper":
+        from dde_bench.training.ablation import run_ablation
+        from dde_bench.training.recipes import get_recipe
+
+        resolve_device(device)
+        get_recipe(recipe or "paper")
+        rows = None if students is None else [x.strip() for x in students.split(",") if x.strip()]
+        written = run_ablation(
+            _suite(suite, data_dir),
+            out or paths.home() / "reproduce",
+            seeds=seeds,
+            recipe_name=recipe or "paper",
+            cache_root=cache_root or paths.cache_root(),
+            device=device,
+            threads=threads,
+            rows=rows,
+        )
+        for p in written:
+            typer.echo(f"wrote {p}")
+        return
     from dde_bench.training.reproduce import SLUGS
 
     rows = None if students is None else [x.strip() for x in students.split(",") if x.strip()]

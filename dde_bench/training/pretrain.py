@@ -28,6 +28,10 @@ from torch import nn
 from dde_bench.data.images import ImageProcessor
 from dde_bench.errors import UserError
 
+# the last caption file's decoded images: the stages of one process (the paper ablation's teacher and student
+# pre-training rows) decode a large pool once, not once per stage
+_DECODED: dict = {}
+
 
 def _image_path(data_dir: Path, file_name: str) -> Path:
     """A caption's image: the path relative to the data folder, else in COCO's ``train2014/`` image folder."""
@@ -74,48 +78,61 @@ class CaptionDataset:
         self.attention_mask = enc["attention_mask"].long()
         self._tok, self._max_len = tokenizer, max_len
         self._captions = [r["caption"] for r in rows]
-        self._hard: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._hard: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._world_cache = None
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.mask_id = int(tokenizer.mask_token_id)
         self.vocab_size = len(tokenizer)
-        images = [processor.load_uint8(r["image"]) for r in rows]
-        if len({tuple(t.shape) for t in images}) != 1:
-            raise UserError(f"{path}: pre-training needs images of one size")
-        self.images = torch.stack(images)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, limit, processor)
+        if _DECODED.get("key") != key:
+            images = [processor.load_uint8(r["image"]) for r in rows]
+            if len({tuple(t.shape) for t in images}) != 1:
+                raise UserError(f"{path}: pre-training needs images of one size")
+            _DECODED.clear()  # one pool held at a time
+            _DECODED.update(key=key, images=torch.stack(images))
+        self.images = _DECODED["images"]  # read only: batches index it
         self.cached = True  # decoded once, held in memory (the training loader needs no workers)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def hard_negatives(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Minimal-edit false captions of every image (``synth.caption_negatives``), tokenised once:
-        ``(ids [N, L], mask [N, L], offsets [n + 1], counts [n])``, row ``i``'s negatives at
-        ``offsets[i]:offsets[i + 1]``. The world's colours, shapes and object range are read off the captions."""
-        if self._hard is not None:
-            return self._hard
-        from dde_bench.data.synth import caption_negatives, parse_caption
+    def _world(self) -> tuple[list[str], list[str], tuple[int, int]]:
+        """The world's colours, shapes and object range, read off the captions once."""
+        if self._world_cache is None:
+            from dde_bench.data.synth import parse_caption
 
-        parsed = [parse_caption(c) for c in self._captions]
-        ok = [p for p in parsed if p is not None]
-        colors = sorted({c for g, _ in ok for c, _ in g})
-        shapes = sorted({s for g, _ in ok for _, s in g})
-        totals = [sum(g.values()) for g, _ in ok] or [1]
-        objects = (min(totals), max(totals))
-        negs = [caption_negatives(c, colors, shapes, objects) for c in self._captions]
-        counts = torch.tensor([len(n) for n in negs], dtype=torch.long)
-        offsets = torch.zeros(len(negs) + 1, dtype=torch.long)
-        offsets[1:] = counts.cumsum(0)
-        flat = [t for n in negs for t in n] or ["-"]
-        enc = self._tok(
-            flat,
-            padding="max_length",
-            truncation=True,
-            max_length=self._max_len,
-            return_tensors="pt",
-            return_token_type_ids=False,
-        )
-        self._hard = (enc["input_ids"].long(), enc["attention_mask"].long(), offsets, counts)
-        return self._hard
+            ok = [p for p in (parse_caption(c) for c in self._captions) if p is not None]
+            colors = sorted({c for g, _ in ok for c, _ in g})
+            shapes = sorted({s for g, _ in ok for _, s in g})
+            totals = [sum(g.values()) for g, _ in ok] or [1]
+            self._world_cache = (colors, shapes, (min(totals), max(totals)))
+        return self._world_cache
+
+    def row_negatives(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minimal-edit false captions of row ``i``'s image (``synth.caption_negatives``), tokenised:
+        ``(ids [k, L], mask [k, L])``, ``k`` = 0 for a caption with none. Made on first use and kept, so a
+        large pool pays only for the rows its batches draw."""
+        got = self._hard.get(i)
+        if got is None:
+            from dde_bench.data.synth import caption_negatives
+
+            colors, shapes, objects = self._world()
+            negs = caption_negatives(self._captions[i], colors, shapes, objects)
+            if negs:
+                enc = self._tok(
+                    negs,
+                    padding="max_length",
+                    truncation=True,
+                    max_length=self._max_len,
+                    return_tensors="pt",
+                    return_token_type_ids=False,
+                )
+                got = (enc["input_ids"].long(), enc["attention_mask"].long())
+            else:
+                got = (torch.zeros(0, self._max_len, dtype=torch.long),) * 2
+            self._hard[i] = got
+        return got
 
     def batch(
         self, indices: torch.Tensor, generator: torch.Generator, mlm_prob: float = 0.15, hard: float = 0.0
@@ -123,7 +140,8 @@ class CaptionDataset:
         """ITM pairs and MLM masking for the captions at ``indices``; randomness from ``generator`` only.
 
         ``hard``: the share of ITM negatives that keep the image and get a minimal-edit false caption instead
-        of another image (:meth:`hard_negatives`); ``hard_itm`` marks them in the batch. With ``hard == 0`` the
+        of another image (:meth:`row_negatives`); ``hard_itm`` marks them in the batch, ``random_itm`` the
+        random-image negatives. With ``hard == 0`` the
         draws (and so the batches) are exactly those of earlier versions."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         b = len(idx)
@@ -136,13 +154,15 @@ class CaptionDataset:
         other[perm] = perm.roll(1)
         hard_rows = torch.zeros(b, dtype=torch.bool)
         if hard > 0:
-            h_ids, h_am, offsets, counts = self.hard_negatives()
             pick = torch.rand(b, generator=generator)
             which = torch.rand(b, generator=generator)
-            hard_rows = negative & (pick < hard) & (counts[idx] > 0)
-            j = offsets[idx] + (which * counts[idx]).long().clamp(max=(counts[idx] - 1).clamp(min=0))
-            ids[hard_rows] = h_ids[j[hard_rows]]
-            am[hard_rows] = h_am[j[hard_rows]]
+            for r in torch.nonzero(negative & (pick < hard)).flatten().tolist():
+                n_ids, n_am = self.row_negatives(int(idx[r]))
+                k = len(n_ids)
+                if k:
+                    j = min(int(which[r] * k), k - 1)
+                    ids[r], am[r] = n_ids[j], n_am[j]
+                    hard_rows[r] = True
         T = max(int(am.sum(1).max()), 1)
         ids, am = ids[:, :T], am[:, :T]
         image_rows = torch.where(negative & ~hard_rows, idx[other], idx)
@@ -164,6 +184,7 @@ class CaptionDataset:
             "pixel_mask": None,
             "itm_labels": itm_labels,
             "hard_itm": hard_rows,
+            "random_itm": negative & ~hard_rows,
             "mlm_labels": mlm_labels,
         }
 

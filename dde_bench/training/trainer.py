@@ -136,6 +136,15 @@ class TrainConfig:
     # DataLoader worker processes that build (decode) the batches; None = 0 when the images are held in memory,
     # else up to 4 (dde_bench.data.loader)
     loader_workers: int | None = None
+    # keep the checkpoint of the best evaluation (every eval_every steps and at the end; task metric "accuracy")
+    # instead of the last one; meta records best_step
+    keep_best: bool = False
+    # the split evaluated (and, with keep_best, selected on) instead of the suite's; a split spec:
+    # "dev", or "val2014:first-half" / "val2014:second-half" (data.suite.split_spec)
+    eval_split: str | None = None
+    # pre-training: the folder holding the caption pool (captions_train2014.json and its images; with
+    # captions_val2014.json the final ITM accuracy per negative kind is measured on it); None = the data folder
+    pretrain_data: str | None = None
 
     def __post_init__(self) -> None:
         self.suite = SuiteCard.of(self.suite)
@@ -272,6 +281,44 @@ def itm_accuracies(itm_logits: torch.Tensor, batch: dict) -> dict[str, float]:
     return out
 
 
+ITM_EVAL_CAPTIONS = "captions_val2014.json"  # a caption pool's held-out captions (data.synth.captions)
+ITM_KINDS = ("matched", "random", "minimal")
+
+
+@torch.no_grad()
+def evaluate_itm(
+    module: PretrainLoss, dataset: CaptionDataset, device, hard: float = 0.5, batch_size: int = 64
+):
+    """ITM accuracy (percent) of a pre-training stage's model on held-out captions, overall and per pair kind:
+    matched pairs, random-image negatives and minimal-edit false captions (``hard`` of the negatives). The
+    negatives are drawn from fixed generators (seed = batch index), so every model meets the same pairs."""
+    was = module.training
+    module.eval()
+    right = {k: 0 for k in ITM_KINDS}
+    total = {k: 0 for k in ITM_KINDS}
+    try:
+        for i, lo in enumerate(range(0, len(dataset), batch_size)):
+            idx = torch.arange(lo, min(lo + batch_size, len(dataset)))
+            batch = to_device(
+                dataset.batch(idx, torch.Generator().manual_seed(i), mlm_prob=0.0, hard=hard), device
+            )
+            ok = module.itm_logits(batch).argmax(-1) == batch["itm_labels"]
+            kinds = {
+                "matched": batch["itm_labels"] == 1,
+                "random": batch["random_itm"],
+                "minimal": batch["hard_itm"],
+            }
+            for k, mask in kinds.items():
+                right[k] += int(ok[mask].sum())
+                total[k] += int(mask.sum())
+    finally:
+        module.train(was)
+    out = {"itm_acc": 100.0 * sum(right.values()) / max(sum(total.values()), 1)}
+    out.update({f"itm_acc_{k}": 100.0 * right[k] / total[k] for k in ITM_KINDS if total[k]})
+    out.update({f"itm_n_{k}": float(total[k]) for k in ITM_KINDS})
+    return out
+
+
 class PretrainLoss(nn.Module):
     """Pre-training: teacher ITM + MLM; student ITM with soft-label and attention distillation."""
 
@@ -293,6 +340,20 @@ class PretrainLoss(nn.Module):
             explicit=explicit,
         )
         return enc, heads.itm(enc.pooled)
+
+    def itm_logits(self, batch: dict) -> torch.Tensor:
+        """The model's ITM logits alone (evaluation: no distillation, no MLM)."""
+        m = self.model
+        if isinstance(m, Teacher):
+            return self.teacher_forward(m, self.heads, batch, explicit=False)[1]
+        text = m.encode_text_full(batch["input_ids"], batch["attention_mask"], explicit=False)
+        image = m.image_tower(
+            pixel_values=batch["pixel_values"],
+            pixel_mask=batch.get("pixel_mask"),
+            image_type=1,
+            explicit=False,
+        )
+        return self.heads.itm(m.fusion(torch.cat([text.pooled, image.pooled], dim=-1)))
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         w = self.weights
@@ -551,7 +612,9 @@ def _train(cfg: TrainConfig) -> Path:
 
     # data: the task's splits (fine-tuning) or the caption pool (pre-training); the VQA answers either way, since
     # the model's head has one output per answer
-    eval_split = cfg.suite.split
+    eval_split = cfg.eval_split or cfg.suite.split
+    if cfg.keep_best and not (cfg.eval_every > 0 and cfg.stage == "finetune"):
+        raise UserError("keep_best needs eval_every > 0 and the fine-tuning stage")
     splits = (TRAIN_SPLIT[task], eval_split) if cfg.stage == "finetune" else ()
     # the tokenizer a model brings wins over the data's: a student speaks its teacher's tokens, a teacher
     # fine-tuned from a checkpoint or a transformers folder keeps that folder's
@@ -572,10 +635,14 @@ def _train(cfg: TrainConfig) -> Path:
     if cfg.stage == "finetune":
         train_set, eval_set = data.datasets[TRAIN_SPLIT[task]], data.datasets[eval_split]
     else:
-        train_set = CaptionDataset(
-            data.data_dir, tok, image_processor_for(vl), vl.max_text_len, limit=cfg.train_limit
-        )
+        pool = Path(cfg.pretrain_data) if cfg.pretrain_data else data.data_dir
+        train_set = CaptionDataset(pool, tok, image_processor_for(vl), vl.max_text_len, limit=cfg.train_limit)
         eval_set, eval_split = None, None
+        itm_eval = None
+        if (pool / ITM_EVAL_CAPTIONS).is_file():
+            itm_eval = CaptionDataset(
+                pool, tok, image_processor_for(vl), vl.max_text_len, captions=pool / ITM_EVAL_CAPTIONS
+            )
 
     # models
     teacher = None
@@ -679,6 +746,18 @@ def _train(cfg: TrainConfig) -> Path:
 
     t0 = time.time()
     metrics: dict = {}
+    best: dict = {"score": -math.inf, "step": None, "state": None, "metrics": {}}
+
+    def consider(step_done: int, m: dict) -> None:
+        """keep_best: remember the weights of the best evaluation so far (ties keep the earlier)."""
+        if cfg.keep_best and m.get("accuracy", -math.inf) > best["score"]:
+            best.update(
+                score=m["accuracy"],
+                step=step_done,
+                metrics=dict(m),
+                state={k: v.detach().clone() for k, v in model.state_dict().items()},
+            )
+
     sums: dict[str, float] = {}
     count = 0
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
@@ -756,6 +835,7 @@ def _train(cfg: TrainConfig) -> Path:
             ):
                 metrics = evaluate(model, eval_set, device, amp=amp).percent()
                 log(done, "eval", metrics)
+                consider(done, metrics)
                 if bar is not None:
                     bar.write(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
             if d.main and cfg.save_every and done % cfg.save_every == 0:
@@ -773,6 +853,14 @@ def _train(cfg: TrainConfig) -> Path:
         if eval_set is not None:
             metrics = evaluate(model, eval_set, device, amp=amp).percent()
             log(step, "eval", metrics)
+            consider(step, metrics)
+        best_step = None
+        if cfg.keep_best and best["state"] is not None:
+            best_step, metrics = best["step"], best["metrics"]
+            model.load_state_dict(best["state"])
+        if cfg.stage == "pretrain" and itm_eval is not None:
+            metrics = evaluate_itm(module, itm_eval, device, hard=0.5)
+            log(step, "eval", metrics)
         meta = {
             "training": cfg.to_dict(),
             "stage": cfg.stage,
@@ -785,6 +873,8 @@ def _train(cfg: TrainConfig) -> Path:
             "data_dir": str(data.data_dir),
             "skipped_images": data.bad_images,
         }
+        if cfg.keep_best:
+            meta["best_step"] = best_step
         save_model(model, out, meta)
         save_vocab(tok, out)  # the checkpoint carries its tokenizer
         if cfg.stage == "pretrain":
