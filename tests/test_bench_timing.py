@@ -251,6 +251,20 @@ def test_precision_target_spends_time_only_on_noisy_calls() -> None:
     )
     assert ms["noisy"].n == ms["quiet"].n > 10
     assert ms["noisy"].stopped_by == "max_time" and ms["noisy"].wall_s >= 0.45
+    # the extension has its own budget: a noisy group costs at most rel_ci_max_s more, whatever the cap
+    t0 = time.perf_counter()
+    ms = measure_interleaved(
+        {"noisy": noisy},
+        warmup_iters=0,
+        warmup_s=0,
+        min_iters=10,
+        min_time_s=0,
+        max_time_s=30,
+        rel_ci=0.001,
+        rel_ci_max_s=0.3,
+    )
+    assert ms["noisy"].stopped_by == "max_time" and 0.3 <= ms["noisy"].wall_s < 5
+    assert time.perf_counter() - t0 < 10
     waits = iter([0.0002, 0.008] * 5 + [0.002] * 10_000)  # wide at first, then steady
 
     def settles() -> None:

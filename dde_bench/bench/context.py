@@ -34,7 +34,8 @@ GALLERY_SIZES = [10, 100, 1000, 10000, 100000]
 class TimingRule:
     """Warm up for ``warmup_iters`` calls and ``warmup_s`` seconds (or until ``warmup_max_s`` has passed after at
     least one call), then time until both ``min_iters`` calls and ``min_time_s`` seconds are reached, and on
-    until every median's 95% interval is within ``rel_ci`` of it (0: off), at most ``max_time_s``
+    until every median's 95% interval is within ``rel_ci`` of it (0: off) for at most ``rel_ci_max_s`` more
+    seconds, never past ``max_time_s``
     (:func:`dde_bench.bench.timing.measure_interleaved`). Tight measurements stop at the minimums; time goes
     to the noisy ones."""
 
@@ -45,6 +46,7 @@ class TimingRule:
     max_time_s: float = 60.0
     warmup_max_s: float | None = None  # None: no cap
     rel_ci: float = 0.0
+    rel_ci_max_s: float = 10.0  # at most this many seconds more per group chasing rel_ci
 
     @classmethod
     def default(

@@ -10,10 +10,12 @@ Two refinements spend time where it buys precision (both off unless asked for):
 
 * ``warmup_max_s``: the warm-up also ends once it has run that long (at least one round): three warm-up calls of a
   15-second model buy nothing the first did not (allocations, kernel selection, caches happen on the first call);
-* ``rel_ci``: after the minimums, measuring goes on (in chunks, to the caps) until the 95% confidence interval of
-  every callable's median (distribution-free, from order statistics) is within ``rel_ci`` of that median, so a
-  tight measurement stops at its minimums and a noisy one gets more samples (``stopped_by`` says "precision"
-  when the target ended it, "max_time" when the cap did before the target was met).
+* ``rel_ci``: after the minimums, measuring goes on (in chunks) until the 95% confidence interval of every
+  callable's median (distribution-free, from order statistics) is within ``rel_ci`` of that median, for at most
+  ``rel_ci_max_s`` more seconds (and never past ``max_time_s``), so a tight measurement stops at its minimums
+  and a noisy one gets more samples, within a bounded budget (the shape of torch.utils.benchmark's
+  ``adaptive_autorange``). ``stopped_by`` says "precision" when the target ended it, "max_time" when a time
+  budget did before the target was met.
 
 CPU calls are timed with ``time.perf_counter`` around each call. CUDA calls are timed with a pair of
 ``torch.cuda.Event(enable_timing=True)`` recorded on the current stream around each call and read out after
@@ -379,6 +381,7 @@ def measure_interleaved(
     max_time_s: float = MAX_TIME_S,
     warmup_max_s: float | None = None,
     rel_ci: float = 0.0,
+    rel_ci_max_s: float = 10.0,
     window: AbstractContextManager[Any] | None = None,
 ) -> dict[str, Measurement]:
     """Time several callables in rounds, A B A B ..., in one process, and return one Measurement each.
@@ -389,8 +392,8 @@ def measure_interleaved(
     so ratios of their medians (see ``stats.speedup``) survive noise that absolute times do not.
     Warm-up is interleaved the same way. ``items_per_call`` may be one int or one per name.
     ``rel_ci`` > 0 goes on after the minimums, in chunks of a quarter of the rounds so far, until every median's
-    95% interval is within ``rel_ci`` of it (:func:`median_ci_halfwidth`) or a cap is reached; ``warmup_max_s``
-    bounds the warm-up of slow calls (module docstring).
+    95% interval is within ``rel_ci`` of it (:func:`median_ci_halfwidth`), for at most ``rel_ci_max_s`` more
+    seconds and never past the caps; ``warmup_max_s`` bounds the warm-up of slow calls (module docstring).
     """
     if not fns:
         raise ValueError("measure_interleaved needs at least one callable")
@@ -418,6 +421,7 @@ def measure_interleaved(
         per_fn, elapsed, wall = chunk(min_iters, min_time_s, max_iters, max_time_s)
         stopped = None
         extended = False
+        budget_end = min(max_time_s, wall + rel_ci_max_s)  # the extension's own time budget
         while rel_ci > 0:
             n = len(per_fn[names[0]])
             if precise(per_fn):
@@ -426,11 +430,11 @@ def measure_interleaved(
             if n >= max_iters:
                 stopped = "max_iters"
                 break
-            if wall >= max_time_s:
+            if wall >= budget_end:
                 stopped = "max_time"
                 break
             k = min(max(n // 4, 1), max_iters - n)
-            more, e2, w2 = chunk(k, 0.0, k, max_time_s - wall)
+            more, e2, w2 = chunk(k, 0.0, k, budget_end - wall)
             per_fn = {name: np.concatenate([per_fn[name], more[name]]) for name in names}
             elapsed, wall = wall + e2, wall + w2
             extended = True
