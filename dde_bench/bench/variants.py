@@ -8,8 +8,11 @@ one, what it is compared with, and the tolerance its output must meet against th
   attention's score/value products, LayerNorm and GELU stay fp32. Why not torchao 0.18's
   ``Int8DynamicActivationInt8WeightConfig``: with torch 2.13 on this CPU (avx512_vnni) its eager path ran the
   paper-size cached student (batch 8, one thread) in 21.8 s against 0.73 s for fp32 and 0.44 s for
-  ``quantize_dynamic`` (measured 2026-12-01, same process): its fast int8 kernels come only through
-  ``torch.compile`` (inductor), which would make ``@int8`` a compiled row too and mix two effects in one ratio.
+  ``quantize_dynamic`` (measured 2026-12-01, same process). Its eager matmul is ``torch._int_mm``, which on this
+  CPU ran at 0.6-1.7 GFLOP/s (shapes 320x768x3072 ... 2048^3) against 50-90 for fp32 and 110-160 (fp32-equivalent)
+  for fbgemm's ``quantized::linear_dynamic``: torchao's fast int8 kernels come only through ``torch.compile``
+  (inductor), which would make ``@int8`` a compiled row too and mix two effects in one ratio. (The ``onednn``
+  engine measured the same as ``x86`` / ``fbgemm``.)
   fp32 runs only: int8 of a bf16 or fp16 run is a skipped row saying so. Its accuracy is measured on the
   evaluation split like its plain model's (the runner's accuracy pass), since int8 changes the numerics.
   Like with like: an int8 model is compared with the **fp32 teacher** (``speedup_vs_teacher``: what a deployer
