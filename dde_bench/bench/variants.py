@@ -165,6 +165,20 @@ def int8_model(model: nn.Module) -> nn.Module:
     return q
 
 
+def packed_int8_mb(modules: list) -> float:
+    """MB (1e6 bytes) of the int8 Linear layers' packed weights and biases in ``modules``: they live in
+    fbgemm's packed buffers, which torch's tensor tracker does not see as parameters."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    total = 0
+    for mod in modules:
+        for m in mod.modules():
+            if isinstance(m, DynamicLinear):
+                w, b = m.weight(), m.bias()
+                total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
+    return total / 1e6
+
+
 class Mismatch(AssertionError):
     """A variant's output disagrees with the plain path beyond its tolerance."""
 
