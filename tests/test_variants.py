@@ -65,6 +65,14 @@ def test_int8_variants(use_bench_env, tmp_path):
     assert q.argmax_agreement_vs_plain.between(0, 1).all()
     assert (q.flops_per_item > 0).all()  # the fp32 arithmetic's count (fp32-equivalent utilisation)
     assert all("quantize_dynamic" in n for n in q.note)
+    # int8 weights (packed by fbgemm, invisible to the tensor tracker) are counted: about a quarter of fp32's
+    for scen in ("online", "cached"):
+        w = rows[rows.scenario == scen].set_index("model").weights_mb
+        assert 0.2 < w["rt-student@int8"] / w["rt-student"] < 0.6, w
+    # the int8 student's cache is built by its own (int8) image tower: its cost is measured, not the fp32 one's
+    cached = rows[(rows.scenario == "cached") & rows.model.str.startswith("rt-student")].set_index("model")
+    assert (cached.cache_build_s > 0).all()
+    assert cached.loc["rt-student@int8", "cache_build_s"] != cached.loc["rt-student", "cache_build_s"]
     _validate(run_dir)
 
 

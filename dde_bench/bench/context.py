@@ -165,8 +165,9 @@ class ImageFeatures:
 
     @torch.inference_mode()
     def pooled(self, e: Entry, dtype_name: str) -> tuple[torch.Tensor, float]:
-        """(features, seconds they took) for ``e``'s plain model; variants share them."""
-        key = (e.plain, dtype_name)
+        """(features, seconds they took) for ``e``'s plain model; variants share them, except an int8 variant,
+        whose own (quantised) image tower builds its cache."""
+        key = (e.name if e.runtime == "int8" else e.plain, dtype_name)
         if key not in self._pooled:
             dtype = DTYPES[dtype_name]
             t0 = time.perf_counter()

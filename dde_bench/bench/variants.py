@@ -8,8 +8,11 @@ one, what it is compared with, and the tolerance its output must meet against th
   attention's score/value products, LayerNorm and GELU stay fp32. Why not torchao 0.18's
   ``Int8DynamicActivationInt8WeightConfig``: with torch 2.13 on this CPU (avx512_vnni) its eager path ran the
   paper-size cached student (batch 8, one thread) in 21.8 s against 0.73 s for fp32 and 0.44 s for
-  ``quantize_dynamic`` (measured 2026-12-01, same process): its fast int8 kernels come only through
-  ``torch.compile`` (inductor), which would make ``@int8`` a compiled row too and mix two effects in one ratio.
+  ``quantize_dynamic`` (measured 2026-12-01, same process). Its eager matmul is ``torch._int_mm``, which on this
+  CPU ran at 0.6-1.7 GFLOP/s (shapes 320x768x3072 ... 2048^3) against 50-90 for fp32 and 110-160 (fp32-equivalent)
+  for fbgemm's ``quantized::linear_dynamic``: torchao's fast int8 kernels come only through ``torch.compile``
+  (inductor), which would make ``@int8`` a compiled row too and mix two effects in one ratio. (The ``onednn``
+  engine measured the same as ``x86`` / ``fbgemm``.)
   fp32 runs only: int8 of a bf16 or fp16 run is a skipped row saying so. Its accuracy is measured on the
   evaluation split like its plain model's (the runner's accuracy pass), since int8 changes the numerics.
   Like with like: an int8 model is compared with the **fp32 teacher** (``speedup_vs_teacher``: what a deployer
@@ -160,6 +163,20 @@ def int8_model(model: nn.Module) -> nn.Module:
         warnings.simplefilter("ignore")  # torch.ao's migration notice (see the module docstring for why)
         q = torch.ao.quantization.quantize_dynamic(q, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return q
+
+
+def packed_int8_mb(modules: list) -> float:
+    """MB (1e6 bytes) of the int8 Linear layers' packed weights and biases in ``modules``: they live in
+    fbgemm's packed buffers, which torch's tensor tracker does not see as parameters."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    total = 0
+    for mod in modules:
+        for m in mod.modules():
+            if isinstance(m, DynamicLinear):
+                w, b = m.weight(), m.bias()
+                total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
+    return total / 1e6
 
 
 class Mismatch(AssertionError):

@@ -149,6 +149,11 @@ class BatchedScenario:
                     track = not (e.compile or e.runtime == "ort")
                     plain = not (e.compile or e.runtime)
                     profiled[k] = memory_energy(fns[k], device, batch, scenario_modules(e, s), track, plain)
+                    if e.runtime == "int8" and profiled[k].get("weights_mb") is not None:
+                        packed = variants.packed_int8_mb(scenario_modules(e, s))
+                        for col in ("weights_mb", "tensor_peak_mb", "peak_mem_mb"):
+                            if profiled[k].get(col) is not None:
+                                profiled[k][col] += packed
         flops = {k: p.pop("flops_per_call") / batch for k, p in profiled.items() if "flops_per_call" in p}
         for k in (*compiled, *checked):
             flops[k] = flops[_plain_key(k)]
