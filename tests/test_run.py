@@ -172,6 +172,8 @@ def _cli(*args, env_extra: dict | None = None):
         (["run", "--suite", "nlvr2", "--resume"], "--resume needs --out"),
         (["run", "--suite", "nlvr2", "--min-iters", "0"], "--min-iters must be at least 1"),
         (["run", "--suite", "nlvr2", "--min-time", "-1"], "--min-time must be 0 or more"),
+        (["run", "--suite", "nlvr2", "--max-time", "0"], "--max-time must be more than 0"),
+        (["run", "--suite", "nlvr2", "--rel-ci", "1.5"], "--rel-ci must be a fraction in [0, 1)"),
         (["run", "--suite", "nlvr2", "--threads", "0"], "--threads must be at least 1"),
         (["run", "--suite", "nlvr2", "--models", "tiny-teacher", "--dtype", "fp64"], "unknown dtype 'fp64'"),
     ],

@@ -55,6 +55,7 @@ class TimingRule:
         min_iters: int | None = None,
         min_time_s: float | None = None,
         rel_ci: float | None = None,
+        max_time_s: float | None = None,
     ) -> TimingRule:
         return cls(
             min_iters=min_iters or (5 if quick else 10),
@@ -63,6 +64,7 @@ class TimingRule:
             warmup_s=0.05 if quick else 0.2,
             warmup_max_s=1.0 if quick else 2.0,
             rel_ci=rel_ci if rel_ci is not None else 0.0 if quick else DEFAULT_REL_CI,
+            max_time_s=max_time_s if max_time_s is not None else 60.0,
         )
 
     def to_dict(self) -> dict:

@@ -66,6 +66,7 @@ class RunConfig:
     cache_root: Path = field(default_factory=paths.cache_root)
     min_iters: int | None = None
     min_time_s: float | None = None
+    max_time_s: float | None = None  # cap on the measured seconds of one interleaved group (None: 60)
     rel_ci: float | None = (
         None  # measure on until each median's 95% interval is within this fraction (0: off)
     )
@@ -125,6 +126,8 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         raise UserError(f"--min-iters must be at least 1, got {cfg.min_iters}")
     if cfg.min_time_s is not None and not cfg.min_time_s >= 0:  # (NaN too)
         raise UserError(f"--min-time must be 0 or more seconds, got {cfg.min_time_s}")
+    if cfg.max_time_s is not None and not cfg.max_time_s > 0:
+        raise UserError(f"--max-time must be more than 0 seconds, got {cfg.max_time_s}")
     if cfg.rel_ci is not None and not 0 <= cfg.rel_ci < 1:
         raise UserError(f"--rel-ci must be a fraction in [0, 1) (0 = off), got {cfg.rel_ci}")
     if cfg.store_shard_size < 1:
@@ -143,7 +146,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         sizes_from_command_line=bool(cfg.batch_sizes),
         gallery_from_command_line=bool(cfg.gallery_sizes),
         teacher_gallery_budget_s=budget,
-        rule=TimingRule.default(cfg.quick, cfg.min_iters, cfg.min_time_s, cfg.rel_ci),
+        rule=TimingRule.default(cfg.quick, cfg.min_iters, cfg.min_time_s, cfg.rel_ci, cfg.max_time_s),
         threads=cfg.threads or (os.cpu_count() or 1),
         seed=cfg.seed,
         compile=cfg.compile,

@@ -68,6 +68,12 @@ def run_cmd(
     min_time: float = typer.Option(
         None, "--min-time", help="minimum measured seconds per row (with --min-iters)"
     ),
+    max_time: float = typer.Option(
+        None,
+        "--max-time",
+        help="cap on the measured seconds of one interleaved group (default 60); paper-size groups on CPU stop "
+        "at it after a few rounds: raise it for tighter intervals",
+    ),
     rel_ci: float = typer.Option(
         None,
         "--rel-ci",
@@ -125,6 +131,7 @@ def run_cmd(
         threads=threads,
         seed=seed,
         min_time_s=min_time,
+        max_time_s=max_time,
         rel_ci=rel_ci,
         min_iters=min_iters,
         compile=compile_backend if compile else None,
