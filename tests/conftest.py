@@ -53,5 +53,33 @@ def use_bench_env(bench_env, monkeypatch) -> dict:
     return bench_env
 
 
+def write_checkpoint_pair(env: dict, tmp_path: Path, prefix: str) -> tuple[str, str]:
+    """A random tiny nlvr2 teacher and its student saved as checkpoints, with model cards PREFIX-teacher /
+    PREFIX-student pointing at them, so accuracy code paths run without training. Returns the two card names."""
+    import torch
+
+    from dde_bench.bench.workload import Workload
+    from dde_bench.cards import load_suite
+    from dde_bench.modeling import Student, Teacher, save_model, size_config
+
+    workload = Workload(load_suite("nlvr2"), Path(env["DDE_BENCH_CACHE"]))
+    cfg = size_config("tiny", vocab_size=workload.data.vocab_size)
+    torch.manual_seed(0)
+    teacher = Teacher(cfg, "nlvr2")
+    student = Student(cfg, "nlvr2")
+    student.init_from_teacher(teacher)
+    save_model(teacher, tmp_path / "t")
+    save_model(student, tmp_path / "s")
+    models = Path(env["DDE_BENCH_MODELS"])
+    t, st = f"{prefix}-teacher", f"{prefix}-student"
+    (models / f"{t}.yaml").write_text(
+        yaml.safe_dump({"kind": "teacher", "size": "tiny", "weights": str(tmp_path / "t")})
+    )
+    (models / f"{st}.yaml").write_text(
+        yaml.safe_dump({"kind": "student", "size": "tiny", "weights": str(tmp_path / "s"), "teacher": t})
+    )
+    return t, st
+
+
 def pytest_configure(config):
     Path(REPO_ROOT / "reports").mkdir(exist_ok=True)

@@ -120,27 +120,9 @@ def test_resume_skips_finished_rows(use_bench_env, tmp_path):
 
 def test_accuracy_of_checkpoints(use_bench_env, tmp_path):
     """Models given as checkpoint paths get accuracy with a bootstrap interval and prediction files."""
-    from dde_bench.bench.workload import Workload
-    from dde_bench.cards import load_suite
-    from dde_bench.modeling import Student, Teacher, save_model, size_config
+    from conftest import write_checkpoint_pair
 
-    workload = Workload(load_suite("nlvr2"), Path(use_bench_env["DDE_BENCH_CACHE"]))
-    cfg = size_config("tiny", vocab_size=workload.data.vocab_size)
-    torch.manual_seed(0)
-    teacher = Teacher(cfg, "nlvr2")
-    student = Student(cfg, "nlvr2")
-    student.init_from_teacher(teacher)
-    save_model(teacher, tmp_path / "t")
-    save_model(student, tmp_path / "s")
-    models = Path(use_bench_env["DDE_BENCH_MODELS"])
-    (models / "ck-teacher.yaml").write_text(
-        yaml.safe_dump({"kind": "teacher", "size": "tiny", "weights": str(tmp_path / "t")})
-    )
-    (models / "ck-student.yaml").write_text(
-        yaml.safe_dump(
-            {"kind": "student", "size": "tiny", "weights": str(tmp_path / "s"), "teacher": "ck-teacher"}
-        )
-    )
+    write_checkpoint_pair(use_bench_env, tmp_path, "ck")
     run_dir = _run(
         tmp_path, "nlvr2", models=["ck-teacher", "ck-student"], scenarios=["cached"], batch_sizes=[4]
     )

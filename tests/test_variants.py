@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from dde_bench.bench import variants
 from dde_bench.bench.results import read_run
@@ -77,27 +76,9 @@ def test_int8_variants(use_bench_env, tmp_path):
 
 
 def _checkpoints(tmp_path: Path, env: dict) -> None:
-    from dde_bench.bench.workload import Workload
-    from dde_bench.cards import load_suite
-    from dde_bench.modeling import Student, Teacher, save_model, size_config
+    from conftest import write_checkpoint_pair
 
-    workload = Workload(load_suite("nlvr2"), Path(env["DDE_BENCH_CACHE"]))
-    cfg = size_config("tiny", vocab_size=workload.data.vocab_size)
-    torch.manual_seed(0)
-    teacher = Teacher(cfg, "nlvr2")
-    student = Student(cfg, "nlvr2")
-    student.init_from_teacher(teacher)
-    save_model(teacher, tmp_path / "t")
-    save_model(student, tmp_path / "s")
-    models = Path(env["DDE_BENCH_MODELS"])
-    (models / "q-teacher.yaml").write_text(
-        yaml.safe_dump({"kind": "teacher", "size": "tiny", "weights": str(tmp_path / "t")})
-    )
-    (models / "q-student.yaml").write_text(
-        yaml.safe_dump(
-            {"kind": "student", "size": "tiny", "weights": str(tmp_path / "s"), "teacher": "q-teacher"}
-        )
-    )
+    write_checkpoint_pair(env, tmp_path, "q")
 
 
 def test_int8_accuracy_is_measured(use_bench_env, tmp_path):
