@@ -66,7 +66,7 @@ class Measurement:
     timer: str = "perf_counter"  # perf_counter | cuda_event
     threads: int | None = None  # torch.get_num_threads() while measuring
     warmup_iters: int = 0
-    stopped_by: str = "rule"  # rule (min iters and min time reached) | max_iters | max_time
+    stopped_by: str = "rule"  # rule (minimums reached) | precision (rel_ci met) | max_iters | max_time
     wall_s: float | None = None  # wall time of the whole measuring loop (host clock; CUDA: to the final sync)
     metadata: dict[str, Any] = field(default_factory=dict)
 
