@@ -457,7 +457,9 @@ def _build(
                 p.unlink(missing_ok=True)
     elif rank == 0:
         _clear(out)
-    if rank == 0 or not plan.exists():
+    # under torch.distributed only rank 0 writes the plan: another rank's temporary file could be cleared by rank 0's
+    # _clear before it is renamed (a race that failed the 2-process build now and then); the barrier orders them
+    if rank == 0 or (not distributed and not plan.exists()):
         atomic_write_text(plan, json.dumps(ident, indent=2))
     if distributed:
         torch.distributed.barrier()  # nobody writes a shard before rank 0 has cleared the folder
