@@ -20,6 +20,7 @@ from rich.console import Console
 
 from dde_bench.bench.guard import free_memory, is_oom
 from dde_bench.bench.results import ResultWriter, match_key
+from dde_bench.bench.timing import REL_CI_MAX_S
 from dde_bench.bench.workload import DTYPES, Entry, Workload, inputs, plain_name, sync
 from dde_bench.cards import ModelCard, SuiteCard
 
@@ -46,7 +47,7 @@ class TimingRule:
     max_time_s: float = 60.0
     warmup_max_s: float | None = None  # None: no cap
     rel_ci: float = 0.0
-    rel_ci_max_s: float = 10.0  # at most this many seconds more per group chasing rel_ci
+    rel_ci_max_s: float = REL_CI_MAX_S  # at most this many seconds more per group chasing rel_ci
 
     @classmethod
     def default(

@@ -8,8 +8,8 @@ The rule (what torch.utils.benchmark, pytest-benchmark and nvbench agree on):
 
 Two refinements spend time where it buys precision (both off unless asked for):
 
-* ``warmup_max_s``: the warm-up also ends once it has run that long (at least one round): three warm-up calls of a
-  15-second model buy nothing the first did not (allocations, kernel selection, caches happen on the first call);
+* ``warmup_max_s``: the warm-up also ends once it has run that long (at least one round): a call of several
+  seconds pays its one-time costs (allocations, kernel selection, caches) in its first call;
 * ``rel_ci``: after the minimums, measuring goes on (in chunks) until the 95% confidence interval of every
   callable's median (distribution-free, from order statistics) is within ``rel_ci`` of that median, for at most
   ``rel_ci_max_s`` more seconds (and never past ``max_time_s``), so a tight measurement stops at its minimums
@@ -49,6 +49,7 @@ MIN_ITERS = 10
 MIN_TIME_S = 1.0
 MAX_ITERS = 100_000
 MAX_TIME_S = 30.0
+REL_CI_MAX_S = 10.0  # the precision extension's own budget per measurement (rel_ci)
 
 
 @dataclass
@@ -381,7 +382,7 @@ def measure_interleaved(
     max_time_s: float = MAX_TIME_S,
     warmup_max_s: float | None = None,
     rel_ci: float = 0.0,
-    rel_ci_max_s: float = 10.0,
+    rel_ci_max_s: float = REL_CI_MAX_S,
     window: AbstractContextManager[Any] | None = None,
 ) -> dict[str, Measurement]:
     """Time several callables in rounds, A B A B ..., in one process, and return one Measurement each.

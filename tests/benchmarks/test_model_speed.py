@@ -70,7 +70,7 @@ def test_student_cached_forward(benchmark, paper_models):
 # --- bf16 (issue 19): ours against transformers' ViltModel on the same weights, both cast to bf16 -------------
 needs_native_bf16 = pytest.mark.skipif(
     not native_bf16("cpu"),
-    reason="this CPU has no native bf16 (no avx512_bf16 / AMX): torch emulates it 30-100x slower than fp32, so a "
+    reason="this CPU has no native bf16 (no avx512_bf16 / AMX): torch emulates it (a matmul over 100x slower than fp32 here), so a "
     "bf16 race here would time the emulation",
 )
 
